@@ -1,0 +1,74 @@
+"""PostgreSQL: connection pools and ordered SQL migrations, one schema per service.
+
+Migrations are files ``NNN_name.sql`` in a service's ``migrations/`` folder, applied in
+order, each once, in its own transaction, under an advisory lock so that replicas
+starting together do not race. Applied versions are kept in ``<schema>.schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+import asyncpg
+
+_MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+async def create_pool(url: str, *, schema: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` first on their search path."""
+    return await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"search_path": f"{schema},public", "application_name": schema},
+        command_timeout=30,
+    )
+
+
+def migration_files(folder: Path) -> list[tuple[int, Path]]:
+    files = []
+    for path in sorted(folder.glob("*.sql")):
+        m = _MIGRATION.match(path.name)
+        if not m:
+            raise ValueError(f"migration file {path.name} must be named NNN_name.sql")
+        files.append((int(m.group(1)), path))
+    versions = [v for v, _ in files]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration numbers in {folder}")
+    return files
+
+
+RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def migrate(url: str, schema: str, folder: Path) -> list[str]:
+    """Apply the runtime's migrations (outbox, inbox), then the pending ones of ``folder``,
+    to ``schema``; returns the names applied."""
+    applied: list[str] = []
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", zlib.crc32(f"migrate:{schema}".encode()))
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET search_path TO "{schema}", public')
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for source, src_folder in (("meshkit", RUNTIME_MIGRATIONS), (schema, folder)):
+                for _version, path in migration_files(src_folder):
+                    name = f"{source}/{path.name}"
+                    if name in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(path.read_text(encoding="utf-8"))
+                        await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                    applied.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", zlib.crc32(f"migrate:{schema}".encode()))
+    finally:
+        await conn.close()
+    return applied

@@ -1,0 +1,57 @@
+"""Errors raised by pure cores and services; the gRPC edge maps each to a status code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base class: a request that cannot be carried out, with a message for the caller."""
+
+
+class ValidationFailed(DomainError):
+    """One or more fields are wrong (gRPC INVALID_ARGUMENT with every field named)."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+
+class NotFound(DomainError):
+    """gRPC NOT_FOUND."""
+
+
+class AlreadyExists(DomainError):
+    """gRPC ALREADY_EXISTS: e.g. an idempotency key reused with different content."""
+
+
+class FailedPrecondition(DomainError):
+    """gRPC FAILED_PRECONDITION: e.g. an illegal state transition."""
+
+
+class PermissionDenied(DomainError):
+    """gRPC PERMISSION_DENIED."""
+
+
+class Violations:
+    """Collects field violations so that every wrong field is reported at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def check(self, ok: bool, field: str, description: str) -> None:
+        if not ok:
+            self.add(field, description)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ValidationFailed(self.items)

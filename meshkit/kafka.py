@@ -1,0 +1,233 @@
+"""Kafka: topic creation from the registry, producers, and consumers that never hang or skip.
+
+:class:`EventConsumer` consumes one topic in a consumer group: it decodes each record with
+the protobuf codec, hands it to the service's handler, dead-letters records that can never
+be processed (with the reason and origin in headers), retries failures that may pass
+(a database restart, a broker restart) without skipping, and commits offsets only after
+the records are handled. Commits and fetches are bounded by timeouts, and a watchdog
+restarts a consumer that stops making progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from meshkit import codec, log
+from meshkit.metrics import Metrics
+from meshkit.topics import BROKER_MAX_MESSAGE_BYTES, TopicSpec
+
+logger = log.get(__name__)
+
+Handler = Callable[[codec.Envelope], Awaitable[None]]
+
+
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Create the topics of ``specs`` that do not exist yet, with their partitions and configs."""
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        created = []
+        for spec in missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.configs())]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+def make_producer(bootstrap: str, client_id: str, *, linger_ms: int = 1, request_timeout_s: float = 10.0
+                  ) -> AIOKafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=linger_ms,
+        request_timeout_ms=int(request_timeout_s * 1000),
+        max_request_size=BROKER_MAX_MESSAGE_BYTES,
+        max_batch_size=256 * 1024,
+    )
+
+
+async def dead_letter(producer: AIOKafkaProducer, spec: TopicSpec, record: ConsumerRecord, reason: str,
+                      consumer: str) -> None:
+    """Publish ``record`` unchanged to ``spec``'s dead-letter topic with why and where from."""
+    assert spec.dead_letter is not None, f"{spec.name} has no dead-letter topic"
+    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq-")]
+    headers += [
+        (codec.DLQ_REASON, reason.encode()[:4000]),
+        (codec.DLQ_ORIGIN, f"{record.topic}/{record.partition}@{record.offset}".encode()),
+        (codec.DLQ_CONSUMER, consumer.encode()),
+    ]
+    value = record.value or b""
+    if len(value) > BROKER_MAX_MESSAGE_BYTES - 64 * 1024:
+        value = value[: BROKER_MAX_MESSAGE_BYTES - 64 * 1024]
+        headers.append(("dlq-truncated", b"true"))
+    await producer.send_and_wait(spec.dead_letter.name, value=value, key=record.key, headers=headers)
+
+
+class EventConsumer:
+    """Consumes ``spec`` in group ``group_id`` and calls ``handler`` once per usable record.
+
+    The handler must be idempotent (use :mod:`meshkit.inbox`); raising
+    :class:`meshkit.codec.PoisonMessage` dead-letters the record, any other exception
+    is retried with back-off until it passes or the consumer stops.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: TopicSpec,
+        group_id: str,
+        bootstrap: str,
+        handler: Handler,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+        service: str,
+        stall_seconds: float = 60.0,
+        max_records: int = 500,
+        auto_offset_reset: str = "earliest",
+    ) -> None:
+        self.spec = spec
+        self.group_id = group_id
+        self.bootstrap = bootstrap
+        self.handler = handler
+        self.producer = producer
+        self.metrics = metrics
+        self.service = service
+        self.stall_seconds = stall_seconds
+        self.max_records = max_records
+        self.auto_offset_reset = auto_offset_reset
+        self._stopping = asyncio.Event()
+        self._progress = time.monotonic()
+        self._consumer: AIOKafkaConsumer | None = None
+        self.assigned = asyncio.Event()
+
+    # -- life cycle ---------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until :meth:`stop`, restarting the Kafka consumer whenever it stalls or fails."""
+        while not self._stopping.is_set():
+            session = asyncio.create_task(self._session(), name=f"consume:{self.spec.name}")
+            watchdog = asyncio.create_task(self._watchdog(session))
+            try:
+                await session
+            except asyncio.CancelledError:
+                if self._stopping.is_set():
+                    break
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+                logger.warning("consumer stalled; restarting", topic=self.spec.name, group=self.group_id)
+                self.metrics.consumer_restarts.labels(self.service, self.spec.name).inc()
+            except Exception:
+                logger.exception("consumer failed; restarting", topic=self.spec.name, group=self.group_id)
+                self.metrics.consumer_restarts.labels(self.service, self.spec.name).inc()
+                await self._sleep(1.0)
+            finally:
+                watchdog.cancel()
+                await self._close_consumer()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def _watchdog(self, session: asyncio.Task) -> None:
+        while not session.done():
+            await asyncio.sleep(min(5.0, self.stall_seconds / 4))
+            if time.monotonic() - self._progress > self.stall_seconds:
+                session.cancel()
+                return
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self.assigned.clear()
+        if consumer is not None:
+            try:
+                await asyncio.wait_for(consumer.stop(), 10)
+            except Exception:  # noqa: BLE001 - closing a broken consumer must not fail the loop
+                logger.warning("consumer did not close cleanly", topic=self.spec.name)
+
+    # -- one consumer session -------------------------------------------------------
+    async def _session(self) -> None:
+        self._progress = time.monotonic()
+        consumer = AIOKafkaConsumer(
+            self.spec.name,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            client_id=f"{self.service}-{self.spec.name}",
+            enable_auto_commit=False,
+            auto_offset_reset=self.auto_offset_reset,
+            max_poll_records=self.max_records,
+            fetch_max_wait_ms=100,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            rebalance_timeout_ms=10_000,
+            request_timeout_ms=15_000,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._consumer = consumer
+        await asyncio.wait_for(consumer.start(), 30)
+        while not self._stopping.is_set():
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 30)
+            self._progress = time.monotonic()
+            if consumer.assignment():
+                self.assigned.set()
+            if not batch:
+                continue
+            offsets: dict[TopicPartition, int] = {}
+            for tp, records in batch.items():
+                for record in records:
+                    if not await self._process(record):
+                        return  # stopping: leave the rest uncommitted, it will be redelivered
+                    offsets[tp] = record.offset + 1
+                    self._progress = time.monotonic()
+            await asyncio.wait_for(consumer.commit(offsets), 15)
+
+    async def _process(self, record: ConsumerRecord) -> bool:
+        """Handle one record until it is handled or dead-lettered; False if stopping first."""
+        start = time.perf_counter()
+        topic = self.spec.name
+        attempt = 0
+        while True:
+            try:
+                try:
+                    env = codec.decode(self.spec, record.value, record.headers)
+                    await self.handler(env)
+                    outcome = "processed"
+                except codec.PoisonMessage as poison:
+                    await dead_letter(self.producer, self.spec, record, str(poison), self.group_id)
+                    logger.warning("dead-lettered", topic=topic, offset=record.offset, reason=str(poison))
+                    outcome = "dead_lettered"
+                self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
+                self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - transient: retry, never skip
+                attempt += 1
+                self.metrics.message_retries.labels(self.service, topic).inc()
+                logger.warning("handler failed; retrying", topic=topic, offset=record.offset, attempt=attempt,
+                               error=repr(err))
+                self._progress = time.monotonic()
+                await self._sleep(min(0.1 * 2**attempt, 5.0))
+                if self._stopping.is_set():
+                    return False

@@ -1,0 +1,97 @@
+"""Prometheus metrics, declared once for the whole mesh.
+
+Every service exposes ``/metrics`` on its own port (``METRICS_PORT``). Names are
+``finmesh_<thing>_<unit>``; the ``service`` label tells the services apart. Tests and
+benchmarks may build their own :class:`Metrics` on a private registry.
+"""
+
+from __future__ import annotations
+
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The standard request, message and outbox metrics, plus the mesh's domain metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        # gRPC requests
+        self.grpc_requests = Counter(
+            "finmesh_grpc_requests_total", "gRPC requests handled.", ["service", "method", "code"], registry=r
+        )
+        self.grpc_duration = Histogram(
+            "finmesh_grpc_request_duration_seconds", "gRPC request handling time.", ["service", "method"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        # Kafka messages
+        self.messages_consumed = Counter(
+            "finmesh_messages_consumed_total", "Records consumed, by outcome (processed, duplicate, dead_lettered).",
+            ["service", "topic", "outcome"], registry=r,
+        )
+        self.message_duration = Histogram(
+            "finmesh_message_handle_duration_seconds", "Time to handle one consumed record.", ["service", "topic"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.message_retries = Counter(
+            "finmesh_message_retries_total", "Handler attempts that failed and were retried.", ["service", "topic"],
+            registry=r,
+        )
+        self.consumer_restarts = Counter(
+            "finmesh_consumer_restarts_total", "Consumers restarted after stalling or failing.", ["service", "topic"],
+            registry=r,
+        )
+        self.messages_produced = Counter(
+            "finmesh_messages_produced_total", "Records acknowledged by the broker.", ["service", "topic"], registry=r
+        )
+        # Outbox
+        self.outbox_pending = Gauge(
+            "finmesh_outbox_pending", "Outbox rows not yet published (as of the relay's last pass).", ["service"],
+            registry=r,
+        )
+        self.outbox_published = Counter(
+            "finmesh_outbox_published_total", "Outbox rows published.", ["service"], registry=r
+        )
+        self.outbox_lag = Histogram(
+            "finmesh_outbox_publish_lag_seconds", "Time from an event's commit to the broker's acknowledgement.",
+            ["service"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.outbox_failures = Counter(
+            "finmesh_outbox_publish_failures_total", "Relay passes that failed and will be retried.", ["service"],
+            registry=r,
+        )
+        # Domain
+        self.demands_accepted = Counter(
+            "finmesh_demands_accepted_total", "Demands accepted, by channel.", ["channel"], registry=r
+        )
+        self.demands_rejected = Counter(
+            "finmesh_demands_rejected_total", "Demands refused as invalid, by channel.", ["channel"], registry=r
+        )
+        self.leads_issued = Counter(
+            "finmesh_leads_issued_total", "Leads issued to institutions.", ["origin"], registry=r
+        )
+        self.demands_unmatched = Counter(
+            "finmesh_demands_no_match_total", "Demands for which no product was eligible.", registry=r
+        )
+        self.demand_to_lead = Histogram(
+            "finmesh_demand_to_leads_seconds", "Time from a demand's acceptance to its leads being stored.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.catalog_products = Gauge(
+            "finmesh_catalog_products", "Active products in the matcher's in-memory catalog.", registry=r
+        )
+        self.notifications = Counter(
+            "finmesh_notifications_total", "Notifications recorded, by recipient kind and kind.",
+            ["recipient_kind", "kind"], registry=r,
+        )
+        self.ready = Gauge("finmesh_ready", "1 when the service reports SERVING.", ["service"], registry=r)
+
+
+def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> tuple[int, WSGIServer]:
+    """Expose ``/metrics`` over HTTP; returns the bound port and the server (to shut down)."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return server.server_address[1], server

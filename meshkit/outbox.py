@@ -1,0 +1,172 @@
+"""The transactional outbox and its relay.
+
+A service writes an event with :func:`append` on the same connection, inside the same
+transaction, as the state change it announces; so both are committed or neither is. The
+:class:`OutboxRelay` publishes committed rows in order and deletes them once the broker
+has acknowledged them. It wakes on PostgreSQL ``NOTIFY`` (so an event leaves within
+milliseconds) and also polls, and only one relay per schema publishes at a time (an
+advisory lock), which keeps per-key order across replicas. A crash between the broker's
+acknowledgement and the delete republishes the same event id: consumers dedupe on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import zlib
+from datetime import datetime
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from google.protobuf.message import Message
+
+from meshkit import codec, log
+from meshkit.kafka import ensure_topics, make_producer
+from meshkit.metrics import Metrics
+from meshkit.topics import TopicSpec, spec_for
+
+logger = log.get(__name__)
+
+
+def channel(schema: str) -> str:
+    return f"outbox_{schema}"
+
+
+async def append(
+    conn: asyncpg.Connection,
+    spec: TopicSpec,
+    message: Message,
+    *,
+    schema: str,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> str:
+    """Add an event for ``spec`` to the outbox, in the caller's transaction; returns its event id."""
+    assert not spec.is_template, "use topics.lead_topic(...) for a concrete topic"
+    assert spec.message is not None and isinstance(message, spec.message), (spec.name, type(message))
+    event_id = event_id or codec.new_event_id()
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, payload, event_type, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        uuid.UUID(event_id), spec.name, spec.key_of(message), message.SerializeToString(),
+        spec.event_type, occurred_at or codec.now(),
+    )
+    await conn.execute("SELECT pg_notify($1, '')", channel(schema))
+    return event_id
+
+
+async def append_many(conn: asyncpg.Connection, items: list[tuple[TopicSpec, Message, str]], *, schema: str,
+                      occurred_at: datetime | None = None) -> None:
+    """Add several events ``(spec, message, event_id)`` at once, in the caller's transaction."""
+    if not items:
+        return
+    at = occurred_at or codec.now()
+    await conn.executemany(
+        "INSERT INTO outbox (event_id, topic, key, payload, event_type, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        [(uuid.UUID(eid), s.name, s.key_of(m), m.SerializeToString(), s.event_type, at) for s, m, eid in items],
+    )
+    await conn.execute("SELECT pg_notify($1, '')", channel(schema))
+
+
+class OutboxRelay:
+    """Publishes the outbox of ``schema`` to Kafka, in order, at least once."""
+
+    def __init__(self, *, database_url: str, schema: str, bootstrap: str, service: str, metrics: Metrics,
+                 batch_size: int = 1000, poll_seconds: float = 1.0, send_timeout: float = 15.0) -> None:
+        self.database_url = database_url
+        self.schema = schema
+        self.bootstrap = bootstrap
+        self.service = service
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.send_timeout = send_timeout
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._known_topics: set[str] = set()
+        self.published = 0
+
+    async def stop(self) -> None:
+        """Stop after the pass in progress (which is allowed to finish: a drain)."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Hold the relay lock and publish until stopped; survive database and broker restarts."""
+        while not self._stopping.is_set():
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reconnect and carry on
+                self.metrics.outbox_failures.labels(self.service).inc()
+                logger.warning("outbox relay failed; retrying", schema=self.schema, error=repr(err))
+                await self._sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _lead(self) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.database_url, server_settings={"search_path": self.schema, "application_name": "outbox-relay"}
+        )
+        producer: AIOKafkaProducer | None = None
+        try:
+            lock = zlib.crc32(f"outbox:{self.schema}".encode())
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock):
+                await self._sleep(2.0)  # another replica relays this schema
+                if self._stopping.is_set():
+                    return
+            await conn.add_listener(channel(self.schema), lambda *_: self._wake.set())
+            producer = make_producer(self.bootstrap, f"{self.service}-outbox", linger_ms=0)
+            await asyncio.wait_for(producer.start(), self.send_timeout)
+            while True:
+                published = await self._pass(conn, producer)
+                if published == 0:
+                    if self._stopping.is_set():
+                        return
+                    await self._sleep(self.poll_seconds)
+        finally:
+            if producer is not None:
+                try:
+                    await asyncio.wait_for(producer.stop(), 10)
+                except Exception:  # noqa: BLE001
+                    pass
+            await conn.close(timeout=5)
+
+    async def _pass(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+        rows = await conn.fetch(
+            "SELECT id, event_id, topic, key, payload, event_type, occurred_at FROM outbox ORDER BY id LIMIT $1",
+            self.batch_size,
+        )
+        if len(rows) < self.batch_size:
+            self.metrics.outbox_pending.labels(self.service).set(len(rows))
+        if not rows:
+            return 0
+        new_topics = {r["topic"] for r in rows} - self._known_topics
+        if new_topics:
+            await ensure_topics(self.bootstrap, [spec_for(t) for t in new_topics])
+            self._known_topics |= new_topics
+        futures = []
+        for r in rows:
+            headers = codec.make_headers(r["event_type"], self.service, str(r["event_id"]), r["occurred_at"])
+            futures.append(
+                await asyncio.wait_for(
+                    producer.send(r["topic"], value=r["payload"], key=r["key"], headers=headers), self.send_timeout
+                )
+            )
+        await asyncio.wait_for(asyncio.gather(*futures), self.send_timeout)
+        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        acked = time.time()
+        for r in rows:
+            self.metrics.outbox_lag.labels(self.service).observe(max(0.0, acked - r["occurred_at"].timestamp()))
+            self.metrics.messages_produced.labels(self.service, r["topic"]).inc()
+        self.metrics.outbox_published.labels(self.service).inc(len(rows))
+        self.published += len(rows)
+        return len(rows)

@@ -1,0 +1,45 @@
+"""Typed settings from the environment, failing fast with the variable's name."""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs. Each field is read from the upper-case variable of its name."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    service_name: str = Field(description="Name used in logs, metrics and the event `producer` header.")
+    kafka_bootstrap_servers: str = Field(description="Comma-separated Kafka bootstrap servers.")
+    database_url: str = Field(description="PostgreSQL URL (asyncpg form).")
+    grpc_port: int = Field(ge=0, le=65535, description="Port of the gRPC server (0 = any free port).")
+    grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
+    metrics_port: int = Field(ge=0, le=65535, description="Port of the Prometheus /metrics endpoint.")
+    log_level: str = Field(default="info")
+    db_pool_max: int = Field(default=10, ge=1)
+    shutdown_grace_seconds: float = Field(default=5.0, gt=0)
+    consumer_stall_seconds: float = Field(
+        default=60.0, gt=0, description="A consumer making no progress this long is restarted."
+    )
+    kafka_request_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S], **overrides: object) -> S:
+    """Read settings of type ``cls``; on a missing or invalid variable, exit naming it."""
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            name = "_".join(str(p) for p in e["loc"]).upper()
+            lines.append(f"  {name}: {e['msg']}")
+        sys.stderr.write("configuration error — set these environment variables:\n" + "\n".join(lines) + "\n")
+        raise SystemExit(2) from None

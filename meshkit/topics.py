@@ -1,0 +1,243 @@
+"""The topic registry: every Kafka topic of the mesh, declared once.
+
+Producers, consumers, topic creation, the README's topic table and the tests all take
+topics from here; no topic name is written anywhere else. A topic carries one protobuf
+message type; its record key is read from the message by ``key_field`` (a dotted path).
+
+Run ``python -m meshkit.topics create`` to create every topic on the broker named by
+``KAFKA_BOOTSTRAP_SERVERS``, ``markdown`` to print the README table, or
+``check-readme README.md`` to verify the README's table is current.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from google.protobuf.message import Message
+
+from finmesh.catalog.v1 import events_pb2 as catalog_events
+from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.matching.v1 import events_pb2 as matching_events
+
+DAY_MS = 24 * 3600 * 1000
+MAX_MESSAGE_BYTES = 1024 * 1024  # our own limit for any payload (1 MiB)
+# Topics accept somewhat larger records so an oversized payload reaches our consumer,
+# which dead-letters it with a reason instead of the producer silently failing.
+BROKER_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its name, payload, key, who writes it, who reads it, and its shape."""
+
+    name: str
+    message: type[Message] | None  # None: raw bytes (dead-letter topics)
+    key_field: str
+    owner: str
+    consumers: tuple[str, ...]
+    partitions: int
+    description: str
+    compacted: bool = False
+    retention_ms: int = 7 * DAY_MS
+    dead_letter: TopicSpec | None = field(default=None, compare=False)
+
+    @property
+    def is_template(self) -> bool:
+        return "{" in self.name
+
+    @property
+    def event_type(self) -> str:
+        return self.message.DESCRIPTOR.full_name if self.message else "bytes"
+
+    def configs(self) -> dict[str, str]:
+        """Broker-side topic configs."""
+        cfg = {
+            "retention.ms": str(self.retention_ms),
+            "max.message.bytes": str(BROKER_MAX_MESSAGE_BYTES),
+        }
+        if self.compacted:
+            cfg["cleanup.policy"] = "compact"
+            cfg["min.compaction.lag.ms"] = "60000"
+        return cfg
+
+    def key_of(self, message: Message) -> bytes:
+        """The record key: the value at ``key_field`` in ``message``."""
+        value: object = message
+        for part in self.key_field.split("."):
+            value = getattr(value, part)
+        return str(value).encode()
+
+
+def _dlq(of: str, owner: str) -> TopicSpec:
+    return TopicSpec(
+        name=f"{of}.dlq",
+        message=None,
+        key_field="",
+        owner=owner,
+        consumers=("ops",),
+        partitions=1,
+        retention_ms=30 * DAY_MS,
+        description=f"Records of `{of}` that could not be used; headers say why and where from.",
+    )
+
+
+PORTAL_DEMANDS_DLQ = _dlq("portal.demand-submitted.v1", owner="demand")
+PORTAL_DEMANDS = TopicSpec(
+    name="portal.demand-submitted.v1",
+    message=demand_events.PortalDemandSubmitted,
+    key_field="demand.enterprise_uscc",
+    owner="upstream portals",
+    consumers=("demand",),
+    partitions=6,
+    description="Financing demands filed on national and local portals and service windows.",
+    dead_letter=PORTAL_DEMANDS_DLQ,
+)
+DEMANDS_ACCEPTED = TopicSpec(
+    name="demand.demand-accepted.v1",
+    message=demand_events.DemandAccepted,
+    key_field="demand.demand_id",
+    owner="demand",
+    consumers=("matcher", "notifier"),
+    partitions=6,
+    description="A demand validated and stored, with the enterprise as it was; matching starts here.",
+)
+PRODUCTS_PUBLISHED_DLQ = _dlq("institution.product-published.v1", owner="matcher")
+PRODUCTS_PUBLISHED = TopicSpec(
+    name="institution.product-published.v1",
+    message=catalog_events.ProductPublished,
+    key_field="product.product_id",
+    owner="institutions' systems",
+    consumers=("matcher",),
+    partitions=3,
+    description="Products published by institutions' systems (the inbound catalog topic).",
+    dead_letter=PRODUCTS_PUBLISHED_DLQ,
+)
+CATALOG_CHANGED = TopicSpec(
+    name="matcher.catalog-changed.v1",
+    message=catalog_events.ProductChanged,
+    key_field="product.product_id",
+    owner="matcher",
+    consumers=("matcher",),
+    partitions=3,
+    compacted=True,
+    retention_ms=-1,
+    description="Every catalog change as stored, latest version per product (compacted).",
+)
+DEMANDS_MATCHED = TopicSpec(
+    name="matcher.demand-matched.v1",
+    message=matching_events.DemandMatched,
+    key_field="demand_id",
+    owner="matcher",
+    consumers=("demand", "notifier"),
+    partitions=6,
+    description="The outcome of matching a demand: its leads, or why there are none.",
+)
+LEADS = TopicSpec(
+    name="leads.{institution_id}.v1",
+    message=matching_events.LeadIssued,
+    key_field="lead.lead_id",
+    owner="matcher",
+    consumers=("the institution's systems",),
+    partitions=3,
+    description="One topic per institution: its leads, with the demand data it needs to work them.",
+)
+
+REGISTRY: tuple[TopicSpec, ...] = (
+    PORTAL_DEMANDS,
+    PORTAL_DEMANDS_DLQ,
+    DEMANDS_ACCEPTED,
+    PRODUCTS_PUBLISHED,
+    PRODUCTS_PUBLISHED_DLQ,
+    CATALOG_CHANGED,
+    DEMANDS_MATCHED,
+    LEADS,
+)
+
+_INSTITUTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+
+
+def valid_institution_id(institution_id: str) -> bool:
+    """Institution ids become topic names, so they are restricted to ``[a-z0-9-]``."""
+    return bool(_INSTITUTION_ID.match(institution_id))
+
+
+def lead_topic(institution_id: str) -> TopicSpec:
+    """The concrete lead topic of one institution."""
+    if not valid_institution_id(institution_id):
+        raise ValueError(f"invalid institution id {institution_id!r}")
+    return replace(LEADS, name=LEADS.name.format(institution_id=institution_id))
+
+
+def spec_for(name: str) -> TopicSpec:
+    """The spec of a concrete topic name, including an institution's lead topic."""
+    for t in REGISTRY:
+        if t.name == name:
+            return t
+    m = re.fullmatch(LEADS.name.replace(".", r"\.").replace("{institution_id}", "(.+)"), name)
+    if m:
+        return lead_topic(m.group(1))
+    raise KeyError(f"topic {name!r} is not in the registry")
+
+
+def concrete() -> tuple[TopicSpec, ...]:
+    """The topics that exist independently of any institution."""
+    return tuple(t for t in REGISTRY if not t.is_template)
+
+
+def markdown() -> str:
+    """The README's topic table."""
+    rows = [
+        "| topic | message | key | owner | consumers | partitions | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in REGISTRY:
+        notes = t.description + (" Compacted." if t.compacted else "")
+        rows.append(
+            f"| `{t.name}` | `{t.event_type}` | `{t.key_field or '-'}` | {t.owner} | "
+            f"{', '.join(t.consumers)} | {t.partitions} | {notes} |"
+        )
+    return "\n".join(rows)
+
+
+README_BEGIN = "<!-- topics:begin (generated by `make topics-doc`) -->"
+README_END = "<!-- topics:end -->"
+
+
+def _main(argv: list[str]) -> int:
+    import asyncio
+    import os
+    import sys
+
+    cmd = argv[0] if argv else "list"
+    if cmd == "markdown":
+        print(markdown())
+        return 0
+    if cmd == "list":
+        for t in REGISTRY:
+            print(t.name)
+        return 0
+    if cmd == "check-readme":
+        text = open(argv[1], encoding="utf-8").read()
+        if markdown() not in text:
+            sys.stderr.write(f"{argv[1]}: the topic table is stale; run `make topics-doc` and paste it\n")
+            return 1
+        return 0
+    if cmd == "create":
+        from meshkit.kafka import ensure_topics
+
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            sys.stderr.write("configuration error — set KAFKA_BOOTSTRAP_SERVERS\n")
+            return 2
+        created = asyncio.run(ensure_topics(bootstrap, concrete()))
+        print(f"topics ready ({len(concrete())} declared, {len(created)} created)")
+        return 0
+    sys.stderr.write("usage: python -m meshkit.topics [list|markdown|check-readme FILE|create]\n")
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))
