@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -120,10 +121,11 @@ class GrpcServer:
         self._names: list[str] = [health.SERVICE_NAME]
         self._metrics = metrics
 
-    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
-        """Register ``servicer`` with the generated ``add_XServicer_to_server`` function."""
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any,
+            service: ServiceDescriptor) -> None:
+        """Register ``servicer`` with its generated ``add_XServicer_to_server`` function."""
         register(servicer, self.server)
-        self._names.append(full_name)
+        self._names.append(service.full_name)
 
     async def start(self) -> int:
         reflection.enable_server_reflection([*self._names, reflection.SERVICE_NAME], self.server)

@@ -1,0 +1,26 @@
+"""Deterministic ids: an id that comes from a stream is derived from what it is about,
+so a replayed event never creates a second copy."""
+
+from __future__ import annotations
+
+import uuid
+
+FINMESH = uuid.UUID("5b1f3a2e-9c4d-4e8a-b7a1-2f6c0d9e8a41")
+
+
+def stable_id(kind: str, *parts: str) -> str:
+    """A UUID (version 5) from ``kind`` and ``parts``; equal inputs give equal ids."""
+    return str(uuid.uuid5(FINMESH, "|".join((kind, *parts))))
+
+
+def demand_id(channel: str, idempotency_key: str) -> str:
+    return stable_id("demand", channel, idempotency_key)
+
+
+def lead_id(demand_id: str, product_id: str) -> str:
+    return stable_id("lead", demand_id, product_id)
+
+
+def event_id(kind: str, *parts: str) -> str:
+    """The id of an event that announces a deterministic fact (e.g. 'lead issued')."""
+    return stable_id(f"event:{kind}", *parts)

@@ -1,0 +1,1 @@
+"""Roadshow service: the monthly SRDI investment and financing roadshow."""
