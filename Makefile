@@ -61,7 +61,7 @@ soak: protos kafka-jars
 	$(PY) -m bench.soak
 
 topics-doc: protos
-	$(PY) -m meshkit.topics markdown
+	$(PY) -m meshkit.topics write-readme README.md
 
 clean:
 	rm -rf $(GEN) .stack .pytest_cache

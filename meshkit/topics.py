@@ -5,8 +5,8 @@ topics from here; no topic name is written anywhere else. A topic carries one pr
 message type; its record key is read from the message by ``key_field`` (a dotted path).
 
 Run ``python -m meshkit.topics create`` to create every topic on the broker named by
-``KAFKA_BOOTSTRAP_SERVERS``, ``markdown`` to print the README table, or
-``check-readme README.md`` to verify the README's table is current.
+``KAFKA_BOOTSTRAP_SERVERS``, ``markdown`` to print the README table, ``write-readme
+README.md`` to refresh it, or ``check-readme README.md`` to verify it is current.
 """
 
 from __future__ import annotations
@@ -217,6 +217,14 @@ def _main(argv: list[str]) -> int:
         for t in REGISTRY:
             print(t.name)
         return 0
+    if cmd == "write-readme":
+        path = argv[1]
+        text = open(path, encoding="utf-8").read()
+        head, rest = text.split(README_BEGIN, 1)
+        _, tail = rest.split(README_END, 1)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"{head}{README_BEGIN}\n{markdown()}\n{README_END}{tail}")
+        return 0
     if cmd == "check-readme":
         text = open(argv[1], encoding="utf-8").read()
         if markdown() not in text:
@@ -233,7 +241,7 @@ def _main(argv: list[str]) -> int:
         created = asyncio.run(ensure_topics(bootstrap, concrete()))
         print(f"topics ready ({len(concrete())} declared, {len(created)} created)")
         return 0
-    sys.stderr.write("usage: python -m meshkit.topics [list|markdown|check-readme FILE|create]\n")
+    sys.stderr.write("usage: python -m meshkit.topics [list|markdown|write-readme FILE|check-readme FILE|create]\n")
     return 2
 
 
