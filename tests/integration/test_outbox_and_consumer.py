@@ -1,0 +1,141 @@
+"""The outbox relay and the event consumer, on the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from finmesh.demand.v1 import demand_pb2, events_pb2
+from meshkit import codec, db, inbox, outbox, topics
+from meshkit.kafka import EventConsumer, make_producer
+from meshkit.metrics import Metrics
+
+pytestmark = pytest.mark.integration
+
+
+async def read_all(bootstrap: str, topic: str, want: int, timeout: float = 20.0) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=f"t-{uuid.uuid4().hex}", enable_auto_commit=False)
+    await consumer.start()
+    out = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < want and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def accepted(demand_id: str) -> events_pb2.DemandAccepted:
+    return events_pb2.DemandAccepted(demand=demand_pb2.Demand(demand_id=demand_id))
+
+
+async def test_migrations_apply_once(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "001_things.sql").write_text("CREATE TABLE things (id int PRIMARY KEY);")
+    first = await db.migrate(database_url, "mig", tmp_path)
+    again = await db.migrate(database_url, "mig", tmp_path)
+    assert first == ["meshkit/001_outbox_inbox.sql", "mig/001_things.sql"]
+    assert again == []
+
+
+async def test_outbox_publishes_committed_events_only(database_url: str, bootstrap: str, tmp_path: Path) -> None:
+    await db.migrate(database_url, "obx", tmp_path)
+    spec = topics.DEMANDS_ACCEPTED
+    pool = await db.create_pool(database_url, schema="obx")
+    relay = outbox.OutboxRelay(database_url=database_url, schema="obx", bootstrap=bootstrap,
+                               service="test", metrics=Metrics())
+    task = asyncio.create_task(relay.run())
+    marker = uuid.uuid4().hex
+    try:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                committed = await outbox.append(conn, spec, accepted(f"{marker}-kept"), schema="obx")
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await outbox.append(conn, spec, accepted(f"{marker}-rolled-back"), schema="obx")
+                    raise RuntimeError("the state change failed")
+        records = [r for r in await read_all(bootstrap, spec.name, 10_000, timeout=5)
+                   if marker.encode() in r.value]
+        assert [r.key for r in records] == [f"{marker}-kept".encode()]
+        headers = dict(records[0].headers)
+        assert headers[codec.EVENT_ID].decode() == committed
+        assert headers[codec.EVENT_TYPE] == b"finmesh.demand.v1.DemandAccepted"
+        assert headers[codec.PRODUCER] == b"test"
+        assert codec.header(records[0].headers, codec.OCCURRED_AT)
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
+
+
+async def test_consumer_dead_letters_poison_retries_failures_and_skips_nothing(
+    database_url: str, bootstrap: str, tmp_path: Path
+) -> None:
+    await db.migrate(database_url, "cons", tmp_path)
+    pool = await db.create_pool(database_url, schema="cons")
+    spec = topics.PORTAL_DEMANDS
+    marker = uuid.uuid4().hex
+    producer = make_producer(bootstrap, "test")
+    await producer.start()
+    handled: list[str] = []
+    failures = {"left": 2}
+
+    async def handler(env: codec.Envelope) -> None:
+        key = env.message.portal_demand_id
+        if not key.startswith(marker):
+            return
+        if key.endswith("invalid"):
+            raise codec.PoisonMessage("demand.amount_fen: must be positive")
+        if key.endswith("flaky") and failures["left"] > 0:
+            failures["left"] -= 1
+            raise ConnectionError("database restarting")
+        async with pool.acquire() as conn, conn.transaction():
+            if await inbox.claim(conn, "test", env.event_id):
+                handled.append(key)
+
+    def portal(key: str) -> bytes:
+        return events_pb2.PortalDemandSubmitted(portal_demand_id=key).SerializeToString()
+
+    sends = [
+        (portal(f"{marker}-1"), "e1"),
+        (b"\x0a\xff\xff", "bad-bytes"),
+        (portal(f"{marker}-invalid"), "e2"),
+        (b"\x00" * (topics.MAX_MESSAGE_BYTES + 10), "too-big"),
+        (portal(f"{marker}-flaky"), "e3"),
+        (portal(f"{marker}-1"), "e1"),  # the same event delivered again
+        (portal(f"{marker}-2"), "e4"),
+    ]
+    for value, event in sends:
+        await producer.send_and_wait(spec.name, value=value, key=marker.encode(),
+                                     headers=codec.make_headers(spec.event_type, "portal", f"{marker}-{event}"))
+    consumer = EventConsumer(spec=spec, group_id=f"g-{marker}", bootstrap=bootstrap, handler=handler,
+                             producer=producer, metrics=Metrics(), service="test")
+    task = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(200):
+            if len(handled) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert handled == [f"{marker}-1", f"{marker}-flaky", f"{marker}-2"]
+        dead = [r for r in await read_all(bootstrap, spec.dead_letter.name, 10_000, timeout=5)
+                if r.key == marker.encode()]
+        reasons = [codec.header(r.headers, codec.DLQ_REASON) for r in dead]
+        assert len(dead) == 3, reasons
+        assert "not a valid" in reasons[0]
+        assert "amount_fen" in reasons[1]
+        assert "exceeds the limit" in reasons[2]
+        for r in dead:
+            assert codec.header(r.headers, codec.DLQ_ORIGIN).startswith(f"{spec.name}/")
+            assert codec.header(r.headers, codec.EVENT_ID).startswith(marker)
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()
+        await pool.close()
