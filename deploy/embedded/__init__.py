@@ -61,8 +61,14 @@ class ProcessGroup:
         """Whether the process is running."""
         return self._popen is not None and self._popen.poll() is None
 
-    def start(self, cmd: Sequence[str], *, cwd: Path | None = None,
-              env: Mapping[str, str] | None = None, stale_marker: str | None = None) -> int:
+    def start(
+        self,
+        cmd: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        stale_marker: str | None = None,
+    ) -> int:
         """Launch ``cmd`` as the leader of a new session; returns its pid.
 
         ``stale_marker``: a string found in the command line of a leftover process recorded
@@ -72,14 +78,19 @@ class ProcessGroup:
         if self.pid_path is not None and stale_marker is not None:
             _kill_stale(self.pid_path, stale_marker)
         with open(self.log_path, "ab") as log:
-            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}: "
-                      f"{' '.join(cmd)}\n".encode())
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}: {' '.join(cmd)}\n".encode())
             log.flush()
             self._popen = subprocess.Popen(
-                list(cmd), cwd=cwd, env=dict(env) if env is not None else None,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                list(cmd),
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if self.pid_path is not None:
+            self.pid_path.parent.mkdir(parents=True, exist_ok=True)
             self.pid_path.write_text(f"{self._popen.pid}\n")
         return self._popen.pid
 

@@ -106,13 +106,12 @@ def ensure_jars(jars_dir: Path = DEFAULT_JARS_DIR) -> Path:
             f"no Kafka jars in {jars_dir} and `mvn` not found on PATH: install Maven, or run "
             f"`cd deploy/kafka && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime`"
         )
-    pom_dir = jars_dir.parent.parent
-    cmd = ["mvn", "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
-           f"-DoutputDirectory={jars_dir}"]
-    done = subprocess.run(cmd, cwd=pom_dir, capture_output=True, text=True)
+    cmd = ["mvn", "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={jars_dir}"]
+    done = subprocess.run(cmd, cwd=KAFKA_HOME, capture_output=True, text=True)
     if done.returncode != 0 or not any(jars_dir.glob("kafka_2.13-*.jar")):
-        raise KafkaUnavailable(f"fetching the Kafka jars failed ({' '.join(cmd)}):\n"
-                               f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        raise KafkaUnavailable(
+            f"fetching the Kafka jars failed ({' '.join(cmd)}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
     (jars_dir / ".fetched").touch()  # the Makefile's stamp
     return jars_dir
 
@@ -128,9 +127,16 @@ def random_cluster_id() -> str:
 class KafkaBroker:
     """One Kafka broker+controller on 127.0.0.1, run from ``data_dir`` as its own process group."""
 
-    def __init__(self, data_dir: Path, port: int = 9092, controller_port: int = 9093, *,
-                 jars_dir: Path = DEFAULT_JARS_DIR, heap: str = "512m",
-                 extra_config: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 9092,
+        controller_port: int = 9093,
+        *,
+        jars_dir: Path = DEFAULT_JARS_DIR,
+        heap: str = "512m",
+        extra_config: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.controller_port = controller_port
@@ -175,10 +181,18 @@ class KafkaBroker:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         props = self.write_config()
         self._format_once(props)
-        cmd = ["java", f"-Xmx{self.heap}", "-Xms256m", "-XX:+ExitOnOutOfMemoryError",
-               "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-               "-cp", self._classpath(), "kafka.Kafka", str(props)]
+        cmd = [
+            "java",
+            f"-Xmx{self.heap}",
+            "-Xms256m",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(props),
+        ]
         return self._proc.start(cmd, cwd=self.data_dir, stale_marker=str(props))
 
     def wait_ready(self, timeout: float = 60.0) -> float:
@@ -190,13 +204,14 @@ class KafkaBroker:
         deadline = began + timeout
         while True:
             if not self.alive():
-                raise KafkaUnavailable(f"kafka exited with code {self.returncode}; "
-                                       f"log tail:\n{self.log_tail()}")
+                raise KafkaUnavailable(f"kafka exited with code {self.returncode}; log tail:\n{self.log_tail()}")
             if run_coroutine_blocking(_answers_metadata(self.bootstrap_servers)):
                 return time.monotonic() - began
             if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"kafka did not answer on {self.bootstrap_servers} within "
-                                       f"{timeout:.0f} s; log tail:\n{self.log_tail()}")
+                raise KafkaUnavailable(
+                    f"kafka did not answer on {self.bootstrap_servers} within "
+                    f"{timeout:.0f} s; log tail:\n{self.log_tail()}"
+                )
             time.sleep(0.2)  # poll interval between readiness probes
 
     def kill(self) -> None:
@@ -214,8 +229,7 @@ class KafkaBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -230,8 +244,7 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
         props.write_text("".join(f"{k}={v}\n" for k, v in self.config().items()))
-        (self.data_dir / "log4j2.properties").write_text(
-            LOG4J2_PROPERTIES.format(log_dir=self.data_dir / "logs"))
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES.format(log_dir=self.data_dir / "logs"))
         return props
 
     def log_tail(self, lines: int = 30) -> str:
@@ -239,8 +252,7 @@ class KafkaBroker:
         out = []
         for path in (self.data_dir / "kafka.out", self.data_dir / "logs" / "server.log"):
             if path.exists():
-                out.append(f"--- {path}\n" + "\n".join(path.read_text(errors="replace")
-                                                        .splitlines()[-lines:]))
+                out.append(f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
 
     def _classpath(self) -> str:
@@ -253,11 +265,24 @@ class KafkaBroker:
         id_file = self.data_dir / "cluster.id"
         if not id_file.exists():
             id_file.write_text(random_cluster_id() + "\n")
-        cmd = ["java", "-Xmx256m", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-               "-cp", self._classpath(), "kafka.tools.StorageTool", "format", "--standalone",
-               "--ignore-formatted", "-t", id_file.read_text().strip(), "-c", str(props)]
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=self.data_dir,
-                              env={**os.environ, "KAFKA_HEAP_OPTS": ""})
+        cmd = [
+            "java",
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            self._classpath(),
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "--ignore-formatted",
+            "-t",
+            id_file.read_text().strip(),
+            "-c",
+            str(props),
+        ]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=self.data_dir, env={**os.environ, "KAFKA_HEAP_OPTS": ""}
+        )
         if done.returncode != 0:
             raise KafkaUnavailable(f"formatting the Kafka storage failed:\n{done.stdout}{done.stderr}")
 
@@ -273,8 +298,7 @@ async def _answers_metadata(bootstrap_servers: str) -> bool:
         writer.close()
     except OSError:
         return False
-    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000,
-                            connections_max_idle_ms=5000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, connections_max_idle_ms=5000)
     try:
         await client.bootstrap()
         return bool(client.cluster.brokers())

@@ -71,8 +71,12 @@ class EmbeddedPostgres:
             return
         user = self._server.system_user if self._server else _system_user()
         try:
-            pg_ctl(["-w", "-t", str(int(timeout)), "-m", "fast", "stop"], pgdata=self.data_dir,
-                   user=user, timeout=timeout + 5)
+            pg_ctl(
+                ["-w", "-t", str(int(timeout)), "-m", "fast", "stop"],
+                pgdata=self.data_dir,
+                user=user,
+                timeout=timeout + 5,
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             self.kill()
 

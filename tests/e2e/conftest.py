@@ -1,0 +1,114 @@
+"""The whole mesh as separate processes on the real broker and database, and a small
+seeded world: one enterprise, four banks with one broad product each."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from rich.console import Console
+
+from deploy.embedded.supervisor import Mesh, MeshInfo, Ports
+from finmesh.catalog.v1 import product_pb2 as catalog
+from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
+from finmesh.common.v1 import finance_pb2 as fin
+from finmesh.enterprise.v1 import enterprise_pb2 as ent
+from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
+from finmesh.institution.v1 import institution_pb2 as inst
+from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
+from services.demand.domain import uscc_check_char
+
+YUAN = 100  # fen
+
+
+def _free_block(size: int) -> int:
+    """The first port of ``size`` consecutive free ports."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + size > 65000:
+            continue
+        ok = True
+        for p in range(base, base + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """The four services, Kafka and PostgreSQL, supervised (dead processes are restarted)."""
+    base = _free_block(10)
+    ports = Ports(kafka=base, kafka_controller=base + 1, grpc_base=base + 2, metrics_base=base + 6)
+    m = Mesh(tmp_path_factory.mktemp("mesh"), ports=ports, console=Console(stderr=True, force_terminal=False))
+    m.start()
+    try:
+        m.wait_healthy(timeout=120)
+        yield m
+    finally:
+        m.stop()
+
+
+@dataclass
+class World:
+    info: MeshInfo
+    enterprise_uscc: str
+    institutions: list[inst.Institution]
+    products: list[catalog.Product]
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.info.grpc_address(service))
+
+
+def uscc(serial: int) -> str:
+    first17 = f"91350200MA{serial:07d}"
+    return first17 + uscc_check_char(first17)
+
+
+BANKS = ("e2e-icbc", "e2e-ccb", "e2e-spdb", "e2e-xmbank")
+
+
+@pytest.fixture(scope="session")
+async def world(mesh: Mesh) -> World:
+    info = mesh.info
+    code = uscc(4242)
+    async with grpc.aio.insecure_channel(info.grpc_address("demand")) as ch:
+        await ent_grpc.EnterpriseServiceStub(ch).RegisterEnterprise(ent.RegisterEnterpriseRequest(
+            enterprise=ent.Enterprise(
+                uscc=code, name="Xiamen Precision Instruments Co., Ltd.", region_code="350200", city="Xiamen",
+                industry_code="C40", key_industry=fin.KEY_INDUSTRY_INTELLIGENT_EQUIPMENT,
+                size=fin.ENTERPRISE_SIZE_SMALL, srdi_tier=fin.SRDI_TIER_PROVINCIAL, high_tech=True,
+                founded_year=2012, annual_revenue_fen=80_000_000 * YUAN, employees=180, tax_credit_grade="A",
+            )
+        ))
+        stub = inst_grpc.InstitutionServiceStub(ch)
+        institutions = []
+        for bank in BANKS:
+            reply = await stub.RegisterInstitution(inst.RegisterInstitutionRequest(
+                institution=inst.Institution(institution_id=bank, name=bank.upper(),
+                                             type=inst.INSTITUTION_TYPE_BANK)
+            ))
+            institutions.append(reply.institution)
+    products = []
+    async with grpc.aio.insecure_channel(info.grpc_address("matcher")) as ch:
+        stub = catalog_grpc.CatalogServiceStub(ch)
+        for i, bank in enumerate(BANKS):
+            reply = await stub.UpsertProduct(catalog.UpsertProductRequest(product=catalog.Product(
+                product_id=f"{bank}-working-capital", institution_id=bank, name=f"{bank} working capital loan",
+                product_type=catalog.PRODUCT_TYPE_LOAN, loan_category=fin.LOAN_CATEGORY_CREDIT,
+                amount_min_fen=100_000 * YUAN, amount_max_fen=50_000_000 * YUAN,
+                term_min_months=6, term_max_months=60, rate_min_bps=300 + 10 * i, rate_max_bps=900,
+                collateral_required=fin.COLLATERAL_NONE, status=catalog.PRODUCT_STATUS_ACTIVE,
+            )))
+            products.append(reply.product)
+    return World(info, code, institutions, products)
