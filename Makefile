@@ -35,8 +35,7 @@ protos: $(GEN)/.stamp
 
 # The Apache Kafka broker's jars, from Maven Central (version pinned in deploy/kafka/pom.xml).
 $(KAFKA_JARS): deploy/kafka/pom.xml
-	cd deploy/kafka && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime
-	touch $@
+	deploy/kafka/fetch
 
 kafka-jars: $(KAFKA_JARS)
 
