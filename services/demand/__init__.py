@@ -1,0 +1,1 @@
+"""Demand service: the system of record for enterprises, institutions and financing demands."""

@@ -1,0 +1,56 @@
+"""A demand service running in-process on the real broker and a fresh database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from finmesh.demand.v1 import demand_pb2_grpc as dm_grpc
+from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
+from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
+from meshkit.kafka import make_producer
+from meshkit.lifecycle import Runtime
+from meshkit.settings import ServiceSettings
+from services.demand.app import MIGRATIONS, SCHEMA, build
+
+
+@pytest.fixture(scope="module")
+async def demand_rt(database_url: str, bootstrap: str) -> AsyncIterator[Runtime]:
+    """The demand service, SERVING (its consumers have their partitions), in its own consumer groups."""
+    settings = ServiceSettings(
+        service_name=f"demand-t{uuid.uuid4().hex[:8]}", kafka_bootstrap_servers=bootstrap,
+        database_url=database_url, grpc_port=0, metrics_port=0, shutdown_grace_seconds=2.0,
+    )
+    rt = Runtime(settings, schema=SCHEMA, migrations=MIGRATIONS)
+    await rt.open()
+    await build(rt)
+    await rt.start()
+    yield rt
+    await rt.stop()
+
+
+@dataclass
+class Stubs:
+    demands: dm_grpc.DemandServiceStub
+    enterprises: ent_grpc.EnterpriseServiceStub
+    institutions: inst_grpc.InstitutionServiceStub
+
+
+@pytest.fixture(scope="module")
+async def stubs(demand_rt: Runtime) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as channel:
+        yield Stubs(dm_grpc.DemandServiceStub(channel), ent_grpc.EnterpriseServiceStub(channel),
+                    inst_grpc.InstitutionServiceStub(channel))
+
+
+@pytest.fixture(scope="module")
+async def producer(bootstrap: str) -> AsyncIterator:
+    """A plain producer standing in for portals and the matcher (accepts records up to the broker's limit)."""
+    p = make_producer(bootstrap, f"test-{uuid.uuid4().hex[:6]}")
+    await p.start()
+    yield p
+    await p.stop()
