@@ -168,7 +168,7 @@ class Demands:
             if current is None:
                 logger.warning("match outcome for an unknown demand; ignored", demand_id=demand_id)
                 return
-            status, submitted_at = current
+            status, _submitted_at = current
             try:
                 outcome = d.match_outcome(status, leads, explanation, at=now)
             except FailedPrecondition as err:  # e.g. withdrawn meanwhile: the outcome no longer applies
@@ -177,5 +177,3 @@ class Demands:
             await store.insert_leads(conn, outcome.leads)
             await store.record_status(conn, demand_id, outcome.change,
                                       no_match_explanation=outcome.no_match_explanation)
-        if outcome.leads:
-            self.metrics.demand_to_lead.observe(max(0.0, (now - submitted_at).total_seconds()))
