@@ -1,0 +1,1 @@
+"""Notifier service: tells enterprises and institutions what happened to their demands and leads."""

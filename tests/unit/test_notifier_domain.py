@@ -1,0 +1,74 @@
+"""The notifier's pure core: which notifications a match gives rise to, ids and texts."""
+
+from __future__ import annotations
+
+import string
+from datetime import UTC, datetime
+
+import pytest
+
+from meshkit.errors import ValidationFailed
+from services.notifier import domain, templates
+from services.notifier.domain import LeadRef, MatchOutcome, RecipientKind
+
+AT = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+
+
+def outcome(*institutions: str, explanation: str = "") -> MatchOutcome:
+    return MatchOutcome(
+        demand_id="d-1", enterprise_uscc="91350200MA2XYZ1234",
+        leads=tuple(LeadRef(f"l-{i}", inst, f"{inst}-p", 80 - i, i + 1,
+                            datetime(2026, 11, 29, 8, 0, tzinfo=UTC)) for i, inst in enumerate(institutions)),
+        no_match_explanation=explanation,
+    )
+
+
+def test_every_kind_has_both_languages_with_the_same_fields() -> None:
+    for kind in templates.KINDS:
+        names = {lang: {name for text in templates.TEMPLATES[(kind, lang)]
+                        for _, name, _, _ in string.Formatter().parse(text) if name}
+                 for lang in templates.LANGUAGES}
+        assert names["en"] == names["zh"], kind
+
+
+def test_a_match_notifies_the_enterprise_and_each_institution() -> None:
+    notes = domain.for_match(outcome("icbc-xm", "ccb-sz"), AT)
+    assert [(n.recipient_kind, n.recipient_id, n.kind) for n in notes] == [
+        (RecipientKind.ENTERPRISE, "91350200MA2XYZ1234", "demand.matched"),
+        (RecipientKind.INSTITUTION, "icbc-xm", "lead.issued"),
+        (RecipientKind.INSTITUTION, "ccb-sz", "lead.issued"),
+    ]
+    assert "2 financial product(s)" in notes[0].body and "d-1" in notes[0].body
+    assert "2 款" in notes[0].body_zh
+    assert notes[1].lead_id == "l-0" and "2026-11-29 08:00 UTC" in notes[1].body
+    assert all(n.created_at == AT for n in notes)
+
+
+def test_no_match_carries_the_explanation() -> None:
+    [note] = domain.for_match(outcome(explanation="rate cap below every product"), AT)
+    assert note.kind == "demand.no_match"
+    assert note.body.endswith("rate cap below every product")
+    assert note.text("zh-CN") == (note.title_zh, note.body_zh)
+
+
+def test_ids_are_stable_and_depend_on_the_fact_and_recipient() -> None:
+    first = [n.notification_id for n in domain.for_match(outcome("a", "b"), AT)]
+    again = [n.notification_id for n in domain.for_match(outcome("a", "b"), datetime.now(UTC))]
+    assert first == again
+    assert len(set(first)) == 3
+    other_leads = domain.for_match(outcome("a", "b", "c"), AT)
+    assert other_leads[0].notification_id != first[0]  # a re-match with other leads is news
+    assert [n.notification_id for n in other_leads[1:3]] == first[1:]  # the same leads are not
+
+
+def test_problems_name_what_is_missing() -> None:
+    bad = MatchOutcome(demand_id="", enterprise_uscc="", leads=(LeadRef("", "", "", 0, 0),))
+    assert len(domain.problems(bad)) == 3
+    assert domain.problems(outcome("a")) == []
+
+
+def test_query_validation_names_every_field() -> None:
+    with pytest.raises(ValidationFailed) as err:
+        domain.validate_query(0, " ")
+    assert {v.field for v in err.value.violations} == {"recipient_kind", "recipient_id"}
+    domain.validate_query(2, "icbc-xm")
