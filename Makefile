@@ -57,7 +57,7 @@ bench: protos kafka-jars
 	$(PY) -m bench
 
 soak: protos kafka-jars
-	$(PY) -m bench.soak
+	$(PY) -m bench.pipeline --minutes 30 --rate 20 --name soak_30min
 
 topics-doc: protos
 	$(PY) -m meshkit.topics write-readme README.md

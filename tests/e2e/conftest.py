@@ -3,7 +3,6 @@ seeded world: one enterprise, four banks with one broad product each."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,33 +23,10 @@ from services.demand.domain import uscc_check_char
 YUAN = 100  # fen
 
 
-def _free_block(size: int) -> int:
-    """The first port of ``size`` consecutive free ports."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + size > 65000:
-            continue
-        ok = True
-        for p in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """The four services, Kafka and PostgreSQL, supervised (dead processes are restarted)."""
-    base = _free_block(10)
-    ports = Ports(kafka=base, kafka_controller=base + 1, grpc_base=base + 2, metrics_base=base + 6)
-    m = Mesh(tmp_path_factory.mktemp("mesh"), ports=ports, console=Console(stderr=True, force_terminal=False))
+    m = Mesh(tmp_path_factory.mktemp("mesh"), ports=Ports.free(), console=Console(stderr=True, force_terminal=False))
     m.start()
     try:
         m.wait_healthy(timeout=120)
