@@ -93,6 +93,7 @@ PORTAL_DEMANDS = TopicSpec(
     description="Financing demands filed on national and local portals and service windows.",
     dead_letter=PORTAL_DEMANDS_DLQ,
 )
+DEMANDS_ACCEPTED_DLQ = _dlq("demand.demand-accepted.v1", owner="matcher, notifier")
 DEMANDS_ACCEPTED = TopicSpec(
     name="demand.demand-accepted.v1",
     message=demand_events.DemandAccepted,
@@ -101,6 +102,7 @@ DEMANDS_ACCEPTED = TopicSpec(
     consumers=("matcher", "notifier"),
     partitions=6,
     description="A demand validated and stored, with the enterprise as it was; matching starts here.",
+    dead_letter=DEMANDS_ACCEPTED_DLQ,
 )
 PRODUCTS_PUBLISHED_DLQ = _dlq("institution.product-published.v1", owner="matcher")
 PRODUCTS_PUBLISHED = TopicSpec(
@@ -124,6 +126,7 @@ CATALOG_CHANGED = TopicSpec(
     retention_ms=-1,
     description="Every catalog change as stored, latest version per product (compacted).",
 )
+DEMANDS_MATCHED_DLQ = _dlq("matcher.demand-matched.v1", owner="demand, notifier")
 DEMANDS_MATCHED = TopicSpec(
     name="matcher.demand-matched.v1",
     message=matching_events.DemandMatched,
@@ -132,6 +135,7 @@ DEMANDS_MATCHED = TopicSpec(
     consumers=("demand", "notifier"),
     partitions=6,
     description="The outcome of matching a demand: its leads, or why there are none.",
+    dead_letter=DEMANDS_MATCHED_DLQ,
 )
 LEADS = TopicSpec(
     name="leads.{institution_id}.v1",
@@ -147,10 +151,12 @@ REGISTRY: tuple[TopicSpec, ...] = (
     PORTAL_DEMANDS,
     PORTAL_DEMANDS_DLQ,
     DEMANDS_ACCEPTED,
+    DEMANDS_ACCEPTED_DLQ,
     PRODUCTS_PUBLISHED,
     PRODUCTS_PUBLISHED_DLQ,
     CATALOG_CHANGED,
     DEMANDS_MATCHED,
+    DEMANDS_MATCHED_DLQ,
     LEADS,
 )
 

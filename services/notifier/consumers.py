@@ -28,10 +28,7 @@ class DemandMatchedConsumer:
         outcome = mapping.match_outcome(env.message)
         wrong = domain.problems(outcome)
         if wrong:
-            # The topic has no dead-letter topic (the matcher writes it through its outbox):
-            # an unusable record is logged and skipped rather than blocking the partition.
-            logger.warning("unusable DemandMatched skipped", event_id=env.event_id, problems="; ".join(wrong))
-            return
+            raise codec.PoisonMessage("unusable DemandMatched: " + "; ".join(wrong))
         notes = domain.for_match(outcome, env.occurred_at)
         async with self.pool.acquire() as conn, conn.transaction():
             if not await inbox.claim(conn, self.name, env.event_id):

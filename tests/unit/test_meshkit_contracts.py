@@ -26,6 +26,14 @@ def test_every_topic_is_declared_once_with_a_valid_shape() -> None:
             assert t.dead_letter in topics.REGISTRY
 
 
+def test_every_topic_our_services_consume_has_a_dead_letter_topic() -> None:
+    services = {"demand", "matcher", "notifier", "roadshow"}
+    for t in topics.REGISTRY:
+        consumed_by_us = services & set(t.consumers) and t is not topics.CATALOG_CHANGED
+        if consumed_by_us and t.message is not None:
+            assert t.dead_letter is not None, t.name
+
+
 def test_topic_names_follow_owner_entity_event_version() -> None:
     for t in topics.REGISTRY:
         assert t.name.split(".")[-1].startswith("v") or t.name.endswith(".dlq"), t.name

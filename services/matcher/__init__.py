@@ -1,0 +1,1 @@
+"""Matcher service: the product catalog, and matching accepted demands to products (leads)."""

@@ -1,0 +1,182 @@
+"""Kafka entry points: products published by institutions, the Faust demand agent, and the
+watch that restarts the worker when the agent stops making progress."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from meshkit import codec, errors, inbox, log, topics
+from meshkit.metrics import Metrics
+from services.matcher import handlers
+from services.matcher.view import LiveCatalog
+
+logger = log.get(__name__)
+
+STALL_EXIT_CODE = 70
+
+
+class ProductsPublished:
+    """Handler of ``PRODUCTS_PUBLISHED`` (run by :class:`meshkit.kafka.EventConsumer`): an invalid
+    product is a :class:`PoisonMessage`, so it lands on the topic's dead-letter topic."""
+
+    def __init__(self, pool: asyncpg.Pool, catalog: LiveCatalog, schema: str) -> None:
+        self.pool = pool
+        self.catalog = catalog
+        self.schema = schema
+
+    async def __call__(self, env: codec.Envelope) -> None:
+        try:
+            product = handlers.prepare(env.message.product)  # type: ignore[attr-defined]
+        except errors.ValidationFailed as err:
+            raise codec.PoisonMessage(f"invalid product: {err}") from None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await inbox.claim(conn, handlers.PRODUCTS_CONSUMER, env.event_id):
+                return
+            try:
+                stored, changed = await handlers.upsert_product(conn, product, schema=self.schema)
+            except errors.FailedPrecondition as err:
+                raise codec.PoisonMessage(str(err)) from None
+        if changed:
+            self.catalog.apply(stored)
+
+
+def _headers(event: Any) -> codec.Headers:
+    headers = event.message.headers
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers or ())
+
+
+class DemandAgent:
+    """The Faust agent on ``DEMANDS_ACCEPTED``: one demand at a time, acknowledged (so Faust may
+    commit its offset) only after its leads are committed to PostgreSQL.
+
+    Acks are manual: Faust's automatic ack would also ack a record whose handling was cancelled.
+    A database error is retried with back-off, never skipped; an undecodable record (the topic has
+    no dead-letter topic) is logged, counted and skipped. Once stopping, no new record is started.
+    """
+
+    def __init__(self, *, matcher: Callable[[], handlers.DemandMatcher | None], ready: asyncio.Event,
+                 metrics: Metrics, service: str) -> None:
+        self.matcher = matcher
+        self.ready = ready
+        self.metrics = metrics
+        self.service = service
+        self.stopping = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.handled = 0
+
+    async def run(self, stream: Any) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            await self.ready.wait()
+            if self.stopping.is_set():
+                await asyncio.Event().wait()  # leave it unacknowledged until the agent is cancelled
+            self.idle.clear()
+            try:
+                await self.handle(event.value, _headers(event), event.message.offset)
+            finally:
+                self.idle.set()
+            await manual.ack(event)
+            self.handled += 1
+
+    async def handle(self, value: bytes | None, headers: codec.Headers, offset: int) -> None:
+        topic = topics.DEMANDS_ACCEPTED.name
+        start = time.perf_counter()
+        try:
+            env = codec.decode(topics.DEMANDS_ACCEPTED, value, headers)
+        except codec.PoisonMessage as poison:
+            logger.error("undecodable demand skipped", topic=topic, offset=offset, reason=str(poison))
+            self.metrics.messages_consumed.labels(self.service, topic, "undecodable").inc()
+            return
+        attempt = 0
+        while True:
+            matcher = self.matcher()
+            try:
+                assert matcher is not None, "the matcher is not running"
+                outcome = await matcher.handle(env)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - transient (database, ...): retry, never skip
+                attempt += 1
+                self.metrics.message_retries.labels(self.service, topic).inc()
+                logger.warning("matching failed; retrying", offset=offset, attempt=attempt, error=repr(err))
+                await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+                if self.stopping.is_set():
+                    await asyncio.Event().wait()
+        self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
+        self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
+
+
+class StallWatch:
+    """Exits the process (code 70, for the supervisor to restart it) when one of this worker's
+    partitions of ``topic`` has lag but its group's committed offset has not moved for
+    ``stall_seconds``. Lag and commits are read from the broker, not from Faust's own state."""
+
+    def __init__(self, *, bootstrap: str, group_id: str, topic: str,
+                 assignment: Callable[[], Iterable[tuple[str, int]]], stall_seconds: float,
+                 on_stall: Callable[[str], None] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.topic = topic
+        self.assignment = assignment
+        self.stall_seconds = stall_seconds
+        self.on_stall = on_stall or _exit
+        self._since: dict[TopicPartition, tuple[int, float]] = {}
+
+    async def run(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.group_id}-stall-watch")
+        offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        await admin.start()
+        await offsets.start()
+        try:
+            while True:
+                await asyncio.sleep(max(0.5, min(5.0, self.stall_seconds / 4)))
+                try:
+                    await self.check(admin, offsets)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - the broker may be restarting
+                    logger.warning("stall watch could not read offsets", error=repr(err))
+                    self._since.clear()  # time without a broker is not the agent's stall
+        finally:
+            await offsets.stop()
+            await admin.close()
+
+    async def check(self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer) -> None:
+        tps = sorted(TopicPartition(t, p) for t, p in self.assignment() if t == self.topic)
+        if not tps:
+            self._since.clear()
+            return
+        ends = await offsets.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(self.group_id, partitions=tps)
+        now = time.monotonic()
+        for tp in list(self._since):
+            if tp not in tps:
+                del self._since[tp]
+        for tp in tps:
+            meta = committed.get(tp)
+            position = meta.offset if meta is not None and meta.offset >= 0 else -1
+            lag = ends[tp] - max(position, 0)
+            seen = self._since.get(tp)
+            if lag <= 0 or seen is None or seen[0] != position:
+                self._since[tp] = (position, now)
+            elif now - seen[1] > self.stall_seconds:
+                self.on_stall(f"{tp.topic}/{tp.partition}: lag {lag}, committed offset {position} unchanged "
+                              f"for {now - seen[1]:.0f} s")
+                self._since[tp] = (position, now)
+
+
+def _exit(reason: str) -> None:
+    logger.critical("demand consumer stalled; exiting for a restart", reason=reason)
+    os._exit(STALL_EXIT_CODE)

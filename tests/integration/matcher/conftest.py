@@ -1,0 +1,41 @@
+"""A matcher worker as a subprocess (``python -m services.matcher``) on the real broker and a
+fresh database, in a consumer group of this module's own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from matcher_support import MatcherProcess, matcher_env
+
+from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
+
+
+@pytest.fixture(scope="module")
+def app_id() -> str:
+    """A consumer group of this module's own, so no other test's commits matter."""
+    return f"finmesh-matcher-t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+async def matcher(database_url: str, bootstrap: str, app_id: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MatcherProcess]:
+    folder = tmp_path_factory.mktemp("matcher")
+    proc = MatcherProcess(matcher_env(database_url, bootstrap, folder / "faust", app_id), folder / "matcher.log")
+    proc.start()
+    try:
+        await proc.wait_serving()
+        yield proc
+    finally:
+        code = proc.stop()
+        print(f"\nmatcher exited with {code}; log tail:\n{proc.logs()[-1500:]}")
+
+
+@pytest.fixture(scope="module")
+async def catalog_stub(matcher: MatcherProcess) -> AsyncIterator[catalog_grpc.CatalogServiceStub]:
+    async with grpc.aio.insecure_channel(matcher.address) as channel:
+        yield catalog_grpc.CatalogServiceStub(channel)
+
+

@@ -1,0 +1,203 @@
+"""The matcher as a process on the real broker and PostgreSQL: the catalog API, the inbound
+product topic with its dead-letter topic, and demands turned into leads exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from matcher_support import MatcherProcess, publish, read_until
+
+from finmesh.catalog.v1 import events_pb2 as catalog_events
+from finmesh.catalog.v1 import product_pb2 as catalog
+from finmesh.common.v1 import finance_pb2 as finance
+from finmesh.demand.v1 import demand_pb2
+from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.enterprise.v1 import enterprise_pb2
+from finmesh.matching.v1 import events_pb2 as matching_events
+from meshkit import codec, ids, topics
+from meshkit.grpcserver import field_violations
+
+pytestmark = pytest.mark.integration
+
+YUAN = 100
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def product(product_id: str, institution_id: str, **overrides: object) -> catalog.Product:
+    fields: dict[str, object] = dict(
+        product_id=product_id, institution_id=institution_id, name=f"Loan {product_id}",
+        product_type=catalog.PRODUCT_TYPE_LOAN, loan_category=finance.LOAN_CATEGORY_CREDIT,
+        amount_min_fen=100_000 * YUAN, amount_max_fen=10_000_000 * YUAN, term_min_months=6, term_max_months=60,
+        rate_min_bps=350, rate_max_bps=600, status=catalog.PRODUCT_STATUS_ACTIVE,
+    )
+    fields.update(overrides)
+    return catalog.Product(**fields)
+
+
+async def upsert(stub, p: catalog.Product) -> catalog.Product:
+    return (await stub.UpsertProduct(catalog.UpsertProductRequest(product=p))).product
+
+
+async def test_upsert_refuses_invalid_products_naming_every_field(catalog_stub) -> None:
+    bad = product("", "Bad Bank!", name="", loan_category=99, amount_min_fen=5, amount_max_fen=1,
+                  term_min_months=0, term_max_months=400, rate_min_bps=700, rate_max_bps=600)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await upsert(catalog_stub, bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = field_violations(err.value)
+    for name in ("product_id", "institution_id", "name", "loan_category", "amount_min_fen", "term_min_months",
+                 "term_max_months", "rate_min_bps"):
+        assert f"product.{name}" in fields, fields
+
+
+async def test_upsert_versions_only_changed_content(catalog_stub, bootstrap: str) -> None:
+    pid, bank = f"p-{tag()}", f"bank-{tag()}"
+    first = await upsert(catalog_stub, product(pid, bank))
+    assert first.version == 1
+    same = await upsert(catalog_stub, product(pid, bank))
+    assert same.version == 1
+    changed = await upsert(catalog_stub, product(pid, bank, rate_min_bps=300))
+    assert changed.version == 2
+    got = (await catalog_stub.GetProduct(catalog.GetProductRequest(product_id=pid))).product
+    assert got.version == 2 and got.rate_min_bps == 300
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await catalog_stub.GetProduct(catalog.GetProductRequest(product_id=f"missing-{tag()}"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Each stored version is announced once on the catalog topic.
+    changes = await read_until(
+        bootstrap, topics.CATALOG_CHANGED.name, lambda recs: len(recs) >= 2,
+        keep=lambda r: r.key == pid.encode(),
+    )
+    versions = sorted(catalog_events.ProductChanged.FromString(r.value).product.version for r in changes)
+    assert versions == [1, 2]
+    eids = {codec.header(r.headers, codec.EVENT_ID) for r in changes}
+    assert eids == {ids.event_id("product-changed", pid, "1"), ids.event_id("product-changed", pid, "2")}
+
+
+async def test_list_products_filters_by_institution_and_pages(catalog_stub) -> None:
+    bank = f"bank-{tag()}"
+    for i in range(5):
+        await upsert(catalog_stub, product(f"{bank}-p{i}", bank))
+    page1 = await catalog_stub.ListProducts(catalog.ListProductsRequest(institution_id=bank, page_size=3))
+    assert [p.product_id for p in page1.products] == [f"{bank}-p{i}" for i in range(3)]
+    page2 = await catalog_stub.ListProducts(catalog.ListProductsRequest(
+        institution_id=bank, page_size=3, page_token=page1.next_page_token))
+    assert [p.product_id for p in page2.products] == [f"{bank}-p3", f"{bank}-p4"]
+    assert page2.next_page_token == ""
+
+
+async def test_published_product_lands_in_catalog_and_bad_one_on_dlq(catalog_stub, bootstrap: str) -> None:
+    good = product(f"p-{tag()}", f"bank-{tag()}")
+    await publish(bootstrap, topics.PRODUCTS_PUBLISHED, catalog_events.ProductPublished(product=good))
+    for _ in range(100):
+        try:
+            got = (await catalog_stub.GetProduct(catalog.GetProductRequest(product_id=good.product_id))).product
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the published product never reached the catalog")
+    assert got.version == 1 and got.name == good.name
+
+    bad = product(f"p-{tag()}", f"bank-{tag()}", term_min_months=0)
+    await publish(bootstrap, topics.PRODUCTS_PUBLISHED, catalog_events.ProductPublished(product=bad))
+    dead = await read_until(bootstrap, topics.PRODUCTS_PUBLISHED_DLQ.name, lambda recs: bool(recs),
+                            keep=lambda r: r.key == bad.product_id.encode())
+    assert dead, "the invalid product was not dead-lettered"
+    assert "product.term_min_months" in codec.header(dead[0].headers, codec.DLQ_REASON)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await catalog_stub.GetProduct(catalog.GetProductRequest(product_id=bad.product_id))
+
+
+def demand_accepted(demand_id: str, **request: object) -> demand_events.DemandAccepted:
+    fields: dict[str, object] = dict(
+        enterprise_uscc="91350200MA2XYZ1234", amount_fen=1_000_000 * YUAN, term_months=24, max_rate_bps=500,
+        loan_category=finance.LOAN_CATEGORY_CREDIT,
+    )
+    fields.update(request)
+    return demand_events.DemandAccepted(demand=demand_pb2.Demand(
+        demand_id=demand_id, request=demand_pb2.DemandRequest(**fields), channel=demand_pb2.CHANNEL_API,
+        status=demand_pb2.DEMAND_STATUS_MATCHING,
+        enterprise=enterprise_pb2.Enterprise(uscc="91350200MA2XYZ1234", name="Xiamen Precision Parts"),
+    ))
+
+
+async def test_demand_becomes_at_most_three_leads_once(catalog_stub, bootstrap: str, database_url: str) -> None:
+    run = tag()
+    banks = [f"bank-{run}-{c}" for c in "abcd"]
+    # Bank a has two fitting products (only one may be picked); d's only product does not fit.
+    await upsert(catalog_stub, product(f"{run}-a1", banks[0], rate_min_bps=300))
+    await upsert(catalog_stub, product(f"{run}-a2", banks[0], rate_min_bps=320))
+    await upsert(catalog_stub, product(f"{run}-b1", banks[1], rate_min_bps=380))
+    await upsert(catalog_stub, product(f"{run}-c1", banks[2], rate_min_bps=400, rate_max_bps=700))
+    await upsert(catalog_stub, product(f"{run}-d1", banks[3], term_max_months=12))
+    demand_id = f"d-{run}"
+    message = demand_accepted(demand_id, preferred_institution_ids=banks[:3])
+    event_id = await publish(bootstrap, topics.DEMANDS_ACCEPTED, message)
+
+    matched = await read_until(bootstrap, topics.DEMANDS_MATCHED.name, lambda recs: bool(recs),
+                               keep=lambda r: r.key == demand_id.encode())
+    assert matched, "no DemandMatched"
+    outcome = matching_events.DemandMatched.FromString(matched[0].value)
+    assert codec.header(matched[0].headers, codec.EVENT_ID) == ids.event_id("demand-matched", demand_id)
+    assert 1 <= len(outcome.leads) <= 3
+    institutions = [lead.institution_id for lead in outcome.leads]
+    assert len(set(institutions)) == len(institutions) == 3
+    assert banks[3] not in institutions
+    assert [lead.rank for lead in outcome.leads] == [1, 2, 3]
+    for lead in outcome.leads:
+        assert lead.lead_id == ids.lead_id(demand_id, lead.product_id)
+        assert lead.score == sum(c.points for c in lead.explanation)
+        assert lead.contact_due_at.ToSeconds() - lead.created_at.ToSeconds() == 72 * 3600
+
+    for lead in outcome.leads:
+        issued = await read_until(bootstrap, topics.lead_topic(lead.institution_id).name,
+                                  lambda recs: bool(recs), keep=lambda r: True)
+        assert len(issued) == 1
+        got = matching_events.LeadIssued.FromString(issued[0].value)
+        assert got.lead.lead_id == lead.lead_id and got.demand.amount_fen == message.demand.request.amount_fen
+        assert codec.header(issued[0].headers, codec.EVENT_ID) == ids.event_id("lead-issued", lead.lead_id)
+
+    # Replays: the same event again, and the same demand under another event id.
+    await publish(bootstrap, topics.DEMANDS_ACCEPTED, message, event_id=event_id)
+    other = await publish(bootstrap, topics.DEMANDS_ACCEPTED, message)
+    conn = await asyncpg.connect(database_url)
+    try:
+        for _ in range(100):
+            if await conn.fetchval("SELECT count(*) FROM matcher.inbox WHERE event_id = $1", other):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the replay was not handled")
+        rows = await conn.fetch("SELECT lead_id FROM matcher.leads WHERE demand_id = $1", demand_id)
+    finally:
+        await conn.close()
+    assert sorted(r["lead_id"] for r in rows) == sorted(lead.lead_id for lead in outcome.leads)
+    issued_again = await read_until(bootstrap, topics.lead_topic(banks[0]).name, lambda recs: False,
+                                    keep=lambda r: True, timeout=1.5)
+    assert len(issued_again) == 1
+
+
+async def test_demand_nothing_fits_is_explained(catalog_stub, bootstrap: str) -> None:
+    run = tag()
+    demand_id = f"d-{run}"
+    await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(demand_id, term_months=360,
+                                                                      amount_fen=1, max_rate_bps=1))
+    matched = await read_until(bootstrap, topics.DEMANDS_MATCHED.name, lambda recs: bool(recs),
+                               keep=lambda r: r.key == demand_id.encode())
+    outcome = matching_events.DemandMatched.FromString(matched[0].value)
+    assert not outcome.leads
+    assert outcome.no_match_explanation
+    assert outcome.candidates_considered > 0
+
+
+async def test_sigterm_stops_gracefully(matcher: MatcherProcess) -> None:
+    """Last: the module's worker exits 0 on SIGTERM."""
+    assert matcher.stop() == 0, matcher.logs()
