@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_mesh(data_dir: Path, *, demo: bool, health_timeout: float, services: list[str]) -> int:
     """Run the mesh until Ctrl-C / SIGTERM; returns the process exit code."""
     console = Console()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us as Ctrl-C does
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # SIGTERM, or the terminal closing, stops us as Ctrl-C does
+        signal.signal(sig, signal.default_int_handler)
     mesh = Mesh.from_env(data_dir, services=services, console=console)
     code = 0
     began = time.monotonic()
@@ -75,6 +76,7 @@ def run_mesh(data_dir: Path, *, demo: bool, health_timeout: float, services: lis
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the clean-up
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         mesh.stop()
         console.print("stopped")
     return code
