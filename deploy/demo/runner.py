@@ -342,6 +342,35 @@ async def publish_products(producer: AIOKafkaProducer, products: list[cat.Produc
     return result
 
 
+async def lead_topics_table(target: Target) -> Table:
+    """Each institution's lead topic, as a bank system discovers it: from its gRPC record."""
+    table = Table(title="lead topics (InstitutionService.ListInstitutions → Institution.lead_topic)",
+                  title_justify="left", show_edge=False, padding=(0, 1))
+    for _ in range(3):
+        table.add_column("institution", style="bold", no_wrap=True)
+        table.add_column("lead topic", style="cyan", no_wrap=True)
+    found: list[ins.Institution] = []
+    async with grpc.aio.insecure_channel(target.demand_addr) as channel:
+        stub = ins_grpc.InstitutionServiceStub(channel)
+        token = ""
+        while True:
+            page = await stub.ListInstitutions(ins.ListInstitutionsRequest(page_size=200, page_token=token),
+                                               timeout=CALL_TIMEOUT)
+            found.extend(page.institutions)
+            token = page.next_page_token
+            if not token:
+                break
+    found.sort(key=lambda i: i.institution_id)
+    rows = math.ceil(len(found) / 3)
+    for r in range(rows):
+        cells: list[str] = []
+        for c in range(3):
+            i = c * rows + r
+            cells += [found[i].institution_id, found[i].lead_topic] if i < len(found) else ["", ""]
+        table.add_row(*cells)
+    return table
+
+
 # -- feeding demands and watching leads --------------------------------------------------------------
 
 
@@ -474,7 +503,9 @@ async def run(mesh: Any, *, rate: float | None = None, seed: int = ds.DEFAULT_SE
         results = await load(target, data, producer)
         for what, result in results.items():
             console.print(f"  {what}: {result}")
-        console.print(f"loaded in {time.monotonic() - began:.1f} s; subscribing to the lead topics …")
+        console.print(f"loaded in {time.monotonic() - began:.1f} s")
+        console.print(await lead_topics_table(target))
+        console.print("subscribing to the lead topics …")
         summary = (f"{len(data.institutions)} institutions · {len(data.products)} products · "
                    f"{len(data.enterprises):,} enterprises")
         await watcher.start()
