@@ -9,8 +9,9 @@ from bench import pipeline
 
 def main() -> None:
     console = Console()
-    console.rule("demand → lead latency, 1,500 demands at 100/s")
-    asyncio.run(pipeline.measure(console, demands=1500, minutes=None, rate=100.0, name="demand_to_lead_latency"))
+    console.rule("demand → lead latency: 1,200 demands at 20/s, then 1,500 at 50/s, then 1,500 at 100/s")
+    phases = [pipeline.Phase(20, 1200), pipeline.Phase(50, 1500), pipeline.Phase(100, 1500)]
+    asyncio.run(pipeline.measure(console, phases, name="demand_to_lead_latency"))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ is loaded with the demo data set; demands are then submitted at a steady rate, h
 plain aiokafka consumer subscribed to every lead topic records when each demand's first lead
 arrives. Latency = first lead on the lead topic − the moment the demand was handed over.
 
-    python -m bench.pipeline --demands 1500 --rate 100         # latency (make bench)
+    python -m bench.pipeline --demands 1200 --rate 20          # latency at one rate
     python -m bench.pipeline --minutes 30 --rate 20 --name soak  # flat over 30 minutes?
 """
 
@@ -128,15 +128,51 @@ def window_figures(timings: Timings, start: float, end: float) -> dict[str, floa
             "p99_ms": report.percentile(lat, 99) * 1000}
 
 
-async def measure(console: Console, demands: int | None, minutes: float | None, rate: float, name: str) -> None:
-    ports = Ports.free()
+@dataclass(frozen=True)
+class Phase:
+    """Demands at ``rate`` per second, ``demands`` of them or for ``minutes``."""
+
+    rate: float
+    demands: int | None = None
+    minutes: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.rate:g}/s"
+
+
+def phase_figures(phase: Phase, timings: Timings, feed_s: float) -> dict[str, object]:
+    lat = timings.latencies()
+    figures: dict[str, object] = {
+        "demands_sent": len(timings.sent),
+        "demands_with_leads": len(timings.first_lead),
+        "failed_calls": timings.failures,
+        "achieved_rate_per_s": round(len(timings.sent) / feed_s, 1),
+        "latency_p50_ms": round(report.percentile(lat, 50) * 1000, 1),
+        "latency_p90_ms": round(report.percentile(lat, 90) * 1000, 1),
+        "latency_p99_ms": round(report.percentile(lat, 99) * 1000, 1),
+        "latency_max_ms": round(max(lat, default=0) * 1000, 1),
+    }
+    if phase.minutes:
+        total = phase.minutes * 60
+        first, last = window_figures(timings, 0, 300), window_figures(timings, total - 300, total)
+        figures |= {"first_5min_p99_ms": round(first["p99_ms"], 1), "last_5min_p99_ms": round(last["p99_ms"], 1),
+                    "last_over_first_p99": round(last["p99_ms"] / first["p99_ms"], 2) if first["p99_ms"] else 0}
+        figures["p99_ms_by_5min"] = [round(window_figures(timings, s, s + 300)["p99_ms"], 1)
+                                     for s in range(0, int(total), 300)]
+    return figures
+
+
+async def measure(console: Console, phases: list[Phase], name: str) -> None:
+    """Start a mesh, load the demo data, run each phase in turn, write the figures."""
+    figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="finmesh-bench-") as tmp:
-        mesh = Mesh(Path(tmp), ports=ports, console=console)
+        mesh = Mesh(Path(tmp), ports=Ports.free(), console=console)
         began = time.monotonic()
         mesh.start()
         try:
             mesh.wait_healthy(timeout=180)
-            healthy_s = time.monotonic() - began
+            figures["mesh_healthy_s"] = round(time.monotonic() - began, 1)
             info = mesh.info
             target = runner.Target.of(info)
             data = ds.build(ds.DEFAULT_SEED)
@@ -145,49 +181,37 @@ async def measure(console: Console, demands: int | None, minutes: float | None, 
             try:
                 await runner.load(target, data, producer)
                 await wait_catalog(info.services["matcher"].metrics_url, len(data.products))
-                timings = Timings()
-                ready = asyncio.Event()
-                watcher = asyncio.create_task(watch(info.kafka_bootstrap_servers, timings, ready))
-                await asyncio.wait_for(ready.wait(), 60)
-                seconds = minutes * 60 if minutes else None
-                fed = time.monotonic()
-                await feed(target, ds.DemandGenerator(data, 7), producer, timings, rate, demands, seconds)
-                feed_s = time.monotonic() - fed
-                settle = time.monotonic() + 15
-                while time.monotonic() < settle and len(timings.first_lead) < 0.8 * len(timings.sent):
-                    await asyncio.sleep(0.5)
-                await asyncio.sleep(3)
-                watcher.cancel()
+                generator = ds.DemandGenerator(data, 7)
+                for phase in phases:
+                    console.print(f"phase {phase.label}: {phase.demands or ''} demands {phase.minutes or ''} min")
+                    timings = Timings()
+                    ready = asyncio.Event()
+                    watcher = asyncio.create_task(watch(info.kafka_bootstrap_servers, timings, ready))
+                    await asyncio.wait_for(ready.wait(), 60)
+                    fed = time.monotonic()
+                    await feed(target, generator, producer, timings, phase.rate, phase.demands,
+                               phase.minutes * 60 if phase.minutes else None)
+                    feed_s = time.monotonic() - fed
+                    settle = time.monotonic() + 30
+                    while time.monotonic() < settle and len(timings.first_lead) < 0.8 * len(timings.sent):
+                        await asyncio.sleep(0.5)
+                    await asyncio.sleep(3)  # the last leads of demands that have more than one
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
+                    for key, value in phase_figures(phase, timings, feed_s).items():
+                        figures[f"{phase.label} {key}"] = value
             finally:
                 await producer.stop()
         finally:
             mesh.stop()
-    lat = timings.latencies()
-    figures: dict[str, object] = {
-        "mesh_healthy_s": round(healthy_s, 1),
-        "demands_sent": len(timings.sent),
-        "demands_with_leads": len(timings.first_lead),
-        "failed_calls": timings.failures,
-        "offered_rate_per_s": rate,
-        "achieved_rate_per_s": round(len(timings.sent) / feed_s, 1),
-        "latency_p50_ms": round(report.percentile(lat, 50) * 1000, 1),
-        "latency_p90_ms": round(report.percentile(lat, 90) * 1000, 1),
-        "latency_p99_ms": round(report.percentile(lat, 99) * 1000, 1),
-        "latency_max_ms": round(max(lat, default=0) * 1000, 1),
-    }
-    if minutes:
-        total = minutes * 60
-        first, last = window_figures(timings, 0, 300), window_figures(timings, total - 300, total)
-        figures |= {"first_5min_p99_ms": round(first["p99_ms"], 1), "last_5min_p99_ms": round(last["p99_ms"], 1),
-                    "last_over_first_p99": round(last["p99_ms"] / first["p99_ms"], 2) if first["p99_ms"] else 0}
-        figures["p99_ms_by_5min"] = [round(window_figures(timings, s, s + 300)["p99_ms"], 1)
-                                     for s in range(0, int(total), 300)]
     settings = {
-        "channels": "half gRPC SubmitDemand, half portal topic",
-        "dataset": "deploy/demo/dataset.py (seed default): 52 institutions, 203 products, 1,000 enterprises",
+        "phases": [vars(p) for p in phases],
+        "channels": "half gRPC SubmitDemand, half portal topic; latency = first lead on the lead topic - hand-over",
+        "dataset": "deploy/demo/dataset.py (default seed): 52 institutions, 203 products, 1,000 enterprises",
         "kafka": {"version": "4.4.0 (KRaft, one node)", **RETENTION_SETTINGS,
                   "producers": "acks=all, idempotent, linger 0-1 ms"},
-        "faust": "see services/matcher/app.py (session/heartbeat/rebalance timeouts)",
+        "faust": "services/matcher/app.py: broker_session_timeout=6, broker_heartbeat_interval=1, "
+                 "broker_rebalance_timeout=10, broker_commit_interval=1.0, producer_acks=-1",
         "consumers": "aiokafka fetch_max_wait_ms=100, manual commit after handling",
     }
     report.write(name, figures, settings, console)
@@ -195,13 +219,13 @@ async def measure(console: Console, demands: int | None, minutes: float | None, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demands", type=int, default=None, help="how many demands (default 1500)")
+    parser.add_argument("--demands", type=int, default=None, help="how many demands (default 1200)")
     parser.add_argument("--minutes", type=float, default=None, help="run for this long instead")
-    parser.add_argument("--rate", type=float, default=100.0, help="demands per second")
+    parser.add_argument("--rate", type=float, default=20.0, help="demands per second")
     parser.add_argument("--name", default="demand_to_lead_latency")
     args = parser.parse_args()
-    demands = args.demands if args.demands or args.minutes else 1500
-    asyncio.run(measure(Console(), demands, args.minutes, args.rate, args.name))
+    demands = args.demands if args.demands or args.minutes else 1200
+    asyncio.run(measure(Console(), [Phase(args.rate, demands, args.minutes)], args.name))
 
 
 if __name__ == "__main__":
