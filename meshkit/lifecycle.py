@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from meshkit import db, log
+from meshkit import db, inbox, log
 from meshkit.grpcserver import GrpcServer
 from meshkit.kafka import EventConsumer, Handler, make_producer
 from meshkit.metrics import Metrics
@@ -94,9 +94,18 @@ class Runtime:
         self.producer = make_producer(s.kafka_bootstrap_servers, self.service)
         await asyncio.wait_for(self.producer.start(), 60)
 
+    async def _prune_inbox(self, every_seconds: float = 600.0) -> None:
+        while True:
+            try:
+                await inbox.prune(self.pool)
+            except Exception as err:  # noqa: BLE001 - try again next time
+                logger.warning("inbox pruning failed", error=repr(err))
+            await asyncio.sleep(every_seconds)
+
     async def start(self) -> None:
         self.grpc_port = await self.grpc.start()
         self._running.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self._running.append(asyncio.create_task(self._prune_inbox(), name="inbox-pruning"))
         for c in self.consumers:
             self._running.append(asyncio.create_task(c.run(), name=f"consumer:{c.spec.name}"))
         for factory in self._tasks:

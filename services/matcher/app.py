@@ -22,6 +22,7 @@ from pydantic import Field
 from finmesh.catalog.v1 import product_pb2 as catalog_pb
 from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
 from meshkit import log, topics
+from meshkit.kafka import dead_letter
 from meshkit.lifecycle import Runtime
 from meshkit.metrics import Metrics
 from meshkit.settings import ServiceSettings, load
@@ -71,7 +72,7 @@ class Matcher:
         self.ready = asyncio.Event()  # the catalog is loaded: the agent may match
         self.assigned = asyncio.Event()  # Faust's consumer has completed a rebalance
         self.agent = DemandAgent(matcher=lambda: self.demands, ready=self.ready, metrics=self.metrics,
-                                 service=self.settings.service_name)
+                                 service=self.settings.service_name, dead_letter=self._dead_letter)
         self.app = faust.App(
             self.settings.faust_app_id,
             broker=broker_urls(settings.kafka_bootstrap_servers),
@@ -101,6 +102,10 @@ class Matcher:
         self.app.agent(demands_topic, name="match-demands")(match_demands)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.service(RuntimeService(self))
+
+    async def _dead_letter(self, record: Any, reason: str) -> None:
+        assert self.rt is not None
+        await dead_letter(self.rt.producer, topics.DEMANDS_ACCEPTED, record, reason, self.settings.faust_app_id)
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self.assigned.set()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,6 +22,7 @@ from services.matcher.view import LiveCatalog
 logger = log.get(__name__)
 
 STALL_EXIT_CODE = 70
+T = TypeVar("T")
 
 
 class ProductsPublished:
@@ -60,13 +62,15 @@ class DemandAgent:
     commit its offset) only after its leads are committed to PostgreSQL.
 
     Acks are manual: Faust's automatic ack would also ack a record whose handling was cancelled.
-    A database error is retried with back-off, never skipped; an undecodable record (the topic has
-    no dead-letter topic) is logged, counted and skipped. Once stopping, no new record is started.
+    A database error is retried with back-off, never skipped; an undecodable record goes to the
+    topic's dead-letter topic with the reason. Once stopping, no new record is started.
     """
 
     def __init__(self, *, matcher: Callable[[], handlers.DemandMatcher | None], ready: asyncio.Event,
-                 metrics: Metrics, service: str) -> None:
+                 metrics: Metrics, service: str,
+                 dead_letter: Callable[[Any, str], Awaitable[None]] | None = None) -> None:
         self.matcher = matcher
+        self.dead_letter = dead_letter
         self.ready = ready
         self.metrics = metrics
         self.service = service
@@ -83,39 +87,54 @@ class DemandAgent:
                 await asyncio.Event().wait()  # leave it unacknowledged until the agent is cancelled
             self.idle.clear()
             try:
-                await self.handle(event.value, _headers(event), event.message.offset)
+                await self.handle(event.value, _headers(event), event.message)
             finally:
                 self.idle.set()
             await manual.ack(event)
             self.handled += 1
 
-    async def handle(self, value: bytes | None, headers: codec.Headers, offset: int) -> None:
+    async def handle(self, value: bytes | None, headers: codec.Headers, record: Any) -> None:
+        """Match one record; ``record`` has the Kafka record's topic, partition, offset and key."""
         topic = topics.DEMANDS_ACCEPTED.name
+        offset = record.offset
         start = time.perf_counter()
         try:
             env = codec.decode(topics.DEMANDS_ACCEPTED, value, headers)
         except codec.PoisonMessage as poison:
-            logger.error("undecodable demand skipped", topic=topic, offset=offset, reason=str(poison))
-            self.metrics.messages_consumed.labels(self.service, topic, "undecodable").inc()
+            reason = str(poison)
+            logger.error("undecodable demand dead-lettered", topic=topic, offset=offset, reason=reason)
+            if self.dead_letter is not None:
+                original = SimpleNamespace(topic=record.topic, partition=record.partition, offset=offset,
+                                           key=record.key, value=value, headers=headers)
+                await self._retrying(lambda: self.dead_letter(original, reason), offset)  # type: ignore[misc]
+            self.metrics.messages_consumed.labels(self.service, topic, "dead_lettered").inc()
             return
+        outcome = await self._retrying(lambda: self._match(env), offset)
+        self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
+        self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
+
+
+    async def _match(self, env: codec.Envelope) -> str:
+        matcher = self.matcher()
+        assert matcher is not None, "the matcher is not running"
+        return await matcher.handle(env)
+
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[T]], offset: int) -> T:
+        """``attempt_once()`` until it succeeds: failures (database, broker) are retried with
+        back-off, never skipped; once stopping, the record is left unacknowledged."""
         attempt = 0
         while True:
-            matcher = self.matcher()
             try:
-                assert matcher is not None, "the matcher is not running"
-                outcome = await matcher.handle(env)
-                break
+                return await attempt_once()
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - transient (database, ...): retry, never skip
+            except Exception as err:  # noqa: BLE001 - transient: retry, never skip
                 attempt += 1
-                self.metrics.message_retries.labels(self.service, topic).inc()
+                self.metrics.message_retries.labels(self.service, topics.DEMANDS_ACCEPTED.name).inc()
                 logger.warning("matching failed; retrying", offset=offset, attempt=attempt, error=repr(err))
                 await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
                 if self.stopping.is_set():
                     await asyncio.Event().wait()
-        self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
-        self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
 
 
 class StallWatch:

@@ -139,3 +139,20 @@ async def test_consumer_dead_letters_poison_retries_failures_and_skips_nothing(
         await asyncio.wait_for(task, 15)
         await producer.stop()
         await pool.close()
+
+
+async def test_inbox_claims_once_and_prunes_old_entries(database_url: str, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    await db.migrate(database_url, "inb", tmp_path)
+    pool = await db.create_pool(database_url, schema="inb")
+    try:
+        async with pool.acquire() as conn:
+            assert await inbox.claim(conn, "c", "e-1")
+            assert not await inbox.claim(conn, "c", "e-1")
+            assert await inbox.claim(conn, "other-consumer", "e-1")
+            await conn.execute("UPDATE inbox SET handled_at = now() - interval '9 days' WHERE consumer = 'c'")
+        assert await inbox.prune(pool, keep=timedelta(days=8)) == 1
+        assert await pool.fetchval("SELECT count(*) FROM inbox") == 1
+    finally:
+        await pool.close()

@@ -201,3 +201,19 @@ async def test_demand_nothing_fits_is_explained(catalog_stub, bootstrap: str) ->
 async def test_sigterm_stops_gracefully(matcher: MatcherProcess) -> None:
     """Last: the module's worker exits 0 on SIGTERM."""
     assert matcher.stop() == 0, matcher.logs()
+
+
+async def test_undecodable_demand_is_dead_lettered_and_the_next_one_matched(catalog_stub, bootstrap: str) -> None:
+    run = tag()
+    await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(f"bad-{run}"), value=b"\x0a\xff\xff\xff")
+    good = f"d-{run}"
+    await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(good, term_months=360, amount_fen=1,
+                                                                      max_rate_bps=1))
+    dead = await read_until(bootstrap, topics.DEMANDS_ACCEPTED_DLQ.name, lambda recs: bool(recs),
+                            keep=lambda r: r.key == f"bad-{run}".encode())
+    assert dead, "the undecodable demand was not dead-lettered"
+    assert "not a valid finmesh.demand.v1.DemandAccepted" in codec.header(dead[0].headers, codec.DLQ_REASON)
+    assert codec.header(dead[0].headers, codec.DLQ_ORIGIN).startswith(f"{topics.DEMANDS_ACCEPTED.name}/")
+    matched = await read_until(bootstrap, topics.DEMANDS_MATCHED.name, lambda recs: bool(recs),
+                               keep=lambda r: r.key == good.encode())
+    assert matched, "the demand after the bad one was not matched"
