@@ -7,8 +7,10 @@ end of the session.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,15 +60,29 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
     broker.stop()
 
 
+def make_server_dir(prefix: str) -> Path:
+    """A fresh folder for a server's data, outside pytest's own temporary tree: PostgreSQL runs
+    as another user, and pytest resets its tree to owner-only access whenever a run starts."""
+    return Path(tempfile.mkdtemp(prefix=f"finmesh-{prefix}-"))
+
+
 @pytest.fixture(scope="session")
-def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def server_dir() -> Callable[[str], Path]:
+    """Makes folders for servers' data (see :func:`make_server_dir`); the caller removes them."""
+    return make_server_dir
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
     """A running embedded PostgreSQL (``.uri``, ``.stop()``, ``.start()``, ``.kill()``)."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "pgdata")
+    folder = make_server_dir("postgres")
+    server = EmbeddedPostgres(folder / "pgdata")
     began = time.monotonic()
     server.start()
     print(f"\npostgres ready in {time.monotonic() - began:.1f} s at {server.uri}")
     yield server
     server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

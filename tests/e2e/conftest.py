@@ -3,8 +3,10 @@ seeded world: one enterprise, four banks with one broad product each."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -24,15 +26,17 @@ YUAN = 100  # fen
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(server_dir: Callable[[str], Path]) -> Iterator[Mesh]:
     """The four services, Kafka and PostgreSQL, supervised (dead processes are restarted)."""
-    m = Mesh(tmp_path_factory.mktemp("mesh"), ports=Ports.free(), console=Console(stderr=True, force_terminal=False))
+    folder = server_dir("mesh")
+    m = Mesh(folder, ports=Ports.free(), console=Console(stderr=True, force_terminal=False))
     m.start()
     try:
         m.wait_healthy(timeout=120)
         yield m
     finally:
         m.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass

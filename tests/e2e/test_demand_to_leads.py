@@ -139,7 +139,11 @@ async def test_a_demand_by_grpc_and_one_by_the_portal_topic_become_leads(world: 
                 await asyncio.sleep(0.2)
                 demand = await get_demand(stub, demand_id)
             assert demand.status == dm.DEMAND_STATUS_LEADS_ISSUED
-            assert {lead.lead_id for lead in demand.leads} == {lead.lead.lead_id for lead in bank.records[demand_id]}
+            recorded = {lead.lead_id for lead in demand.leads}
+            deadline = time.monotonic() + 15
+            while recorded != {lead.lead.lead_id for lead in bank.records[demand_id]} and time.monotonic() < deadline:
+                await bank.poll(0.5)  # the bank may not have read every lead of this demand yet
+            assert recorded == {lead.lead.lead_id for lead in bank.records[demand_id]}
 
         # the same portal event again gives the same demand (no second set of leads)
         again = await stub.SubmitDemand(dm.SubmitDemandRequest(request_id=submitted.demand.idempotency_key,
