@@ -198,11 +198,6 @@ async def test_demand_nothing_fits_is_explained(catalog_stub, bootstrap: str) ->
     assert outcome.candidates_considered > 0
 
 
-async def test_sigterm_stops_gracefully(matcher: MatcherProcess) -> None:
-    """Last: the module's worker exits 0 on SIGTERM."""
-    assert matcher.stop() == 0, matcher.logs()
-
-
 async def test_undecodable_demand_is_dead_lettered_and_the_next_one_matched(catalog_stub, bootstrap: str) -> None:
     run = tag()
     await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(f"bad-{run}"), value=b"\x0a\xff\xff\xff")
@@ -217,3 +212,8 @@ async def test_undecodable_demand_is_dead_lettered_and_the_next_one_matched(cata
     matched = await read_until(bootstrap, topics.DEMANDS_MATCHED.name, lambda recs: bool(recs),
                                keep=lambda r: r.key == good.encode())
     assert matched, "the demand after the bad one was not matched"
+
+
+async def test_sigterm_stops_gracefully(matcher: MatcherProcess) -> None:
+    """Last: the module's worker exits 0 on SIGTERM."""
+    assert matcher.stop() == 0, matcher.logs()
