@@ -6,6 +6,11 @@ be processed (with the reason and origin in headers), retries failures that may 
 (a database restart, a broker restart) without skipping, and commits offsets only after
 the records are handled. Commits and fetches are bounded by timeouts, and a watchdog
 restarts a consumer that stops making progress.
+
+A consumer may also take a ``batch_handler``: it receives every usable record of a fetch at
+once (per-partition order kept), so a service can apply them in one transaction. If a batch
+raises :class:`meshkit.codec.PoisonMessage`, its records are handled again one at a time, so
+that only the culprit is dead-lettered.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from meshkit.topics import BROKER_MAX_MESSAGE_BYTES, TopicSpec
 logger = log.get(__name__)
 
 Handler = Callable[[codec.Envelope], Awaitable[None]]
+BatchHandler = Callable[[list[codec.Envelope]], Awaitable[None]]
 
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
@@ -87,6 +93,12 @@ class EventConsumer:
     The handler must be idempotent (use :mod:`meshkit.inbox`); raising
     :class:`meshkit.codec.PoisonMessage` dead-letters the record, any other exception
     is retried with back-off until it passes or the consumer stops.
+
+    With ``batch_handler``, the usable records of each fetch (up to ``max_records``) are handed
+    over together, each partition's in order. It must be idempotent too and should apply a batch
+    atomically: any other exception retries the whole batch; :class:`PoisonMessage` makes the
+    consumer handle the batch's records one at a time — with ``handler`` if given, else with
+    ``batch_handler`` on one-record batches — dead-lettering only those that raise it again.
     """
 
     def __init__(
@@ -95,18 +107,21 @@ class EventConsumer:
         spec: TopicSpec,
         group_id: str,
         bootstrap: str,
-        handler: Handler,
+        handler: Handler | None,
         producer: AIOKafkaProducer,
         metrics: Metrics,
         service: str,
         stall_seconds: float = 60.0,
         max_records: int = 500,
         auto_offset_reset: str = "earliest",
+        batch_handler: BatchHandler | None = None,
     ) -> None:
+        assert handler is not None or batch_handler is not None, "a handler or a batch handler is required"
         self.spec = spec
         self.group_id = group_id
         self.bootstrap = bootstrap
         self.handler = handler
+        self.batch_handler = batch_handler
         self.producer = producer
         self.metrics = metrics
         self.service = service
@@ -194,12 +209,18 @@ class EventConsumer:
             if not batch:
                 continue
             offsets: dict[TopicPartition, int] = {}
-            for tp, records in batch.items():
-                for record in records:
-                    if not await self._process(record):
-                        return  # stopping: leave the rest uncommitted, it will be redelivered
-                    offsets[tp] = record.offset + 1
-                    self._progress = time.monotonic()
+            if self.batch_handler is not None:
+                if not await self._process_batch(batch):
+                    return  # stopping: leave the batch uncommitted, it will be redelivered
+                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+                self._progress = time.monotonic()
+            else:
+                for tp, records in batch.items():
+                    for record in records:
+                        if not await self._process(record):
+                            return  # stopping: leave the rest uncommitted, it will be redelivered
+                        offsets[tp] = record.offset + 1
+                        self._progress = time.monotonic()
             await asyncio.wait_for(consumer.commit(offsets), 15)
 
     async def _process(self, record: ConsumerRecord) -> bool:
@@ -211,7 +232,7 @@ class EventConsumer:
             try:
                 try:
                     env = codec.decode(self.spec, record.value, record.headers)
-                    await self.handler(env)
+                    await self._handle_one(env)
                     outcome = "processed"
                 except codec.PoisonMessage as poison:
                     await dead_letter(self.producer, self.spec, record, str(poison), self.group_id)
@@ -226,6 +247,59 @@ class EventConsumer:
                 attempt += 1
                 self.metrics.message_retries.labels(self.service, topic).inc()
                 logger.warning("handler failed; retrying", topic=topic, offset=record.offset, attempt=attempt,
+                               error=repr(err))
+                self._progress = time.monotonic()
+                await self._sleep(min(0.1 * 2**attempt, 5.0))
+                if self._stopping.is_set():
+                    return False
+
+    async def _handle_one(self, env: codec.Envelope) -> None:
+        if self.handler is not None:
+            await self.handler(env)
+        else:
+            assert self.batch_handler is not None
+            await self.batch_handler([env])
+
+    async def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> bool:
+        """Handle a fetch at once (or record by record after a poison batch); False if stopping first."""
+        assert self.batch_handler is not None
+        topic = self.spec.name
+        usable: list[tuple[ConsumerRecord, codec.Envelope]] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    usable.append((record, codec.decode(self.spec, record.value, record.headers)))
+                except codec.PoisonMessage:
+                    if not await self._process(record):  # dead-letters it (retrying if the broker fails)
+                        return False
+        if not usable:
+            return True
+        start = time.perf_counter()
+        attempt = 0
+        while True:
+            try:
+                try:
+                    await self.batch_handler([env for _, env in usable])
+                except codec.PoisonMessage as poison:
+                    logger.info("poison in a batch; handling its records one by one", topic=topic,
+                                records=len(usable), reason=str(poison))
+                    for record, _env in usable:
+                        if not await self._process(record):
+                            return False
+                        self._progress = time.monotonic()
+                    return True
+                self.metrics.messages_consumed.labels(self.service, topic, "processed").inc(len(usable))
+                each = (time.perf_counter() - start) / len(usable)
+                duration = self.metrics.message_duration.labels(self.service, topic)
+                for _ in usable:
+                    duration.observe(each)
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - transient: retry the batch, never skip
+                attempt += 1
+                self.metrics.message_retries.labels(self.service, topic).inc()
+                logger.warning("batch handler failed; retrying", topic=topic, records=len(usable), attempt=attempt,
                                error=repr(err))
                 self._progress = time.monotonic()
                 await self._sleep(min(0.1 * 2**attempt, 5.0))

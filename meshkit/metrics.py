@@ -89,6 +89,44 @@ class Metrics:
             ["recipient_kind", "kind"], registry=r,
         )
         self.ready = Gauge("finmesh_ready", "1 when the service reports SERVING.", ["service"], registry=r)
+        # Platform statistics (all time), refreshed periodically by the demand service
+        self.platform_enterprises = Gauge(
+            "finmesh_platform_enterprises_registered", "Enterprises registered.", registry=r
+        )
+        self.platform_institutions = Gauge(
+            "finmesh_platform_institutions_registered", "Financial institutions registered.", registry=r
+        )
+        self.platform_demands = Gauge("finmesh_platform_demands", "Financing demands accepted.", registry=r)
+        self.platform_amount_requested = Gauge(
+            "finmesh_platform_amount_requested_fen", "Amount asked for by the demands accepted.", registry=r
+        )
+        self.platform_leads = Gauge("finmesh_platform_leads_issued", "Leads issued to institutions.", registry=r)
+        self.platform_take_up = Gauge(
+            "finmesh_platform_take_up_bps", "Share of the leads issued that were contacted (basis points).", registry=r
+        )
+        self.platform_time_to_contact = Gauge(
+            "finmesh_platform_time_to_contact_seconds", "Time from a lead's issue to its first contact (avg, p90).",
+            ["stat"], registry=r,
+        )
+        self.platform_approvals = Gauge("finmesh_platform_approvals", "Leads approved by institutions.", registry=r)
+        self.platform_loans_disbursed = Gauge(
+            "finmesh_platform_loans_disbursed", "Loans disbursed through leads.", registry=r
+        )
+        self.platform_amount_disbursed = Gauge(
+            "finmesh_platform_amount_disbursed_fen", "Amount disbursed through leads.", registry=r
+        )
+        self.platform_medium_long_term_share = Gauge(
+            "finmesh_platform_medium_long_term_share_bps",
+            "Share of the amount disbursed on terms over 12 months (basis points).", registry=r,
+        )
+        self.platform_first_time_borrowers = Gauge(
+            "finmesh_platform_first_time_borrowers", "Enterprises that had never borrowed, with a loan disbursed.",
+            registry=r,
+        )
+        self.platform_yoy_growth = Gauge(
+            "finmesh_platform_yoy_growth_bps", "Growth against a year earlier (basis points; NaN: nothing then).",
+            ["figure"], registry=r,
+        )
 
 
 def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> tuple[int, WSGIServer]:

@@ -18,6 +18,9 @@ from google.protobuf.message import Message
 
 from finmesh.catalog.v1 import events_pb2 as catalog_events
 from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.enterprise.v1 import events_pb2 as enterprise_events
+from finmesh.institution.v1 import events_pb2 as institution_events
+from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching_events
 
 DAY_MS = 24 * 3600 * 1000
@@ -137,6 +140,17 @@ DEMANDS_MATCHED = TopicSpec(
     description="The outcome of matching a demand: its leads, or why there are none.",
     dead_letter=DEMANDS_MATCHED_DLQ,
 )
+LEAD_SLA_BREACHED_DLQ = _dlq("notifier.lead-sla-breached.v1", owner="matcher")
+LEAD_SLA_BREACHED = TopicSpec(
+    name="notifier.lead-sla-breached.v1",
+    message=matching_events.LeadSlaBreached,
+    key_field="demand_id",
+    owner="notifier",
+    consumers=("matcher",),
+    partitions=6,
+    description="A lead's contact clock ran out; the matcher re-routes the demand to its next-best institution.",
+    dead_letter=LEAD_SLA_BREACHED_DLQ,
+)
 LEADS = TopicSpec(
     name="leads.{institution_id}.v1",
     message=matching_events.LeadIssued,
@@ -145,6 +159,63 @@ LEADS = TopicSpec(
     consumers=("the institution's systems",),
     partitions=3,
     description="One topic per institution: its leads, with the demand data it needs to work them.",
+)
+ENTERPRISES_CHANGED = TopicSpec(
+    name="demand.enterprise-changed.v1",
+    message=enterprise_events.EnterpriseChanged,
+    key_field="enterprise.uscc",
+    owner="demand",
+    consumers=("read models",),
+    partitions=3,
+    compacted=True,
+    retention_ms=-1,
+    description="Every enterprise as registered or changed, latest version per USCC (compacted).",
+)
+INSTITUTIONS_CHANGED = TopicSpec(
+    name="demand.institution-changed.v1",
+    message=institution_events.InstitutionChanged,
+    key_field="institution.institution_id",
+    owner="demand",
+    consumers=("read models",),
+    partitions=3,
+    compacted=True,
+    retention_ms=-1,
+    description="Every institution as registered or changed, latest version per institution id (compacted).",
+)
+DEMAND_STATUS_CHANGED_DLQ = _dlq("demand.demand-status-changed.v1", owner="matcher")
+DEMAND_STATUS_CHANGED = TopicSpec(
+    name="demand.demand-status-changed.v1",
+    message=demand_events.DemandStatusChanged,
+    key_field="demand_id",
+    owner="demand",
+    consumers=("matcher", "read models"),
+    partitions=6,
+    description="Every status change of every demand, with time, actor and reason, in order per demand.",
+    dead_letter=DEMAND_STATUS_CHANGED_DLQ,
+)
+LEAD_STATUS_CHANGED_DLQ = _dlq("demand.lead-status-changed.v1", owner="matcher")
+LEAD_STATUS_CHANGED = TopicSpec(
+    name="demand.lead-status-changed.v1",
+    message=lead_events.LeadStatusChanged,
+    key_field="lead.demand_id",
+    owner="demand",
+    consumers=("matcher", "read models"),
+    partitions=6,
+    description="Every status change of every lead with its outcome (offer, disbursement, decline); "
+                "keyed by demand id, so a demand's leads stay in order.",
+    dead_letter=LEAD_STATUS_CHANGED_DLQ,
+)
+LEAD_OUTCOMES_DLQ = _dlq("institution.lead-outcome-reported.v1", owner="demand")
+LEAD_OUTCOMES = TopicSpec(
+    name="institution.lead-outcome-reported.v1",
+    message=lead_events.LeadOutcomeReported,
+    key_field="lead_id",
+    owner="institutions' systems",
+    consumers=("demand",),
+    partitions=6,
+    description="Outcomes institutions report on their own leads (contacted, under review, approved, "
+                "disbursed, declined); the inbound twin of LeadService.ReportLeadOutcome.",
+    dead_letter=LEAD_OUTCOMES_DLQ,
 )
 
 REGISTRY: tuple[TopicSpec, ...] = (
@@ -157,7 +228,17 @@ REGISTRY: tuple[TopicSpec, ...] = (
     CATALOG_CHANGED,
     DEMANDS_MATCHED,
     DEMANDS_MATCHED_DLQ,
+    LEAD_SLA_BREACHED,
+    LEAD_SLA_BREACHED_DLQ,
     LEADS,
+    ENTERPRISES_CHANGED,
+    INSTITUTIONS_CHANGED,
+    DEMAND_STATUS_CHANGED,
+    DEMAND_STATUS_CHANGED_DLQ,
+    LEAD_STATUS_CHANGED,
+    LEAD_STATUS_CHANGED_DLQ,
+    LEAD_OUTCOMES,
+    LEAD_OUTCOMES_DLQ,
 )
 
 _INSTITUTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")

@@ -10,28 +10,43 @@ from finmesh.enterprise.v1 import enterprise_pb2 as epb
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as epb_grpc
 from finmesh.institution.v1 import institution_pb2 as ipb
 from finmesh.institution.v1 import institution_pb2_grpc as ipb_grpc
+from finmesh.lead.v1 import lead_pb2 as lpb
+from finmesh.lead.v1 import lead_pb2_grpc as lpb_grpc
 from meshkit import topics
 from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import Runtime
-from services.demand import consumers
-from services.demand.api import DemandApi, EnterpriseApi, InstitutionApi
+from services.demand import consumers, reference, stats_api
+from services.demand.api import DemandApi, EnterpriseApi, InstitutionApi, LeadApi
 from services.demand.service import Demands, Enterprises, Institutions
 
 SCHEMA = "demand"
+PORTAL_BATCH = 1000  # portal records stored per transaction (bench/intake.py)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The topics this service reads or writes (created if missing, so it can start on a bare broker).
-TOPICS = (topics.PORTAL_DEMANDS, topics.PORTAL_DEMANDS_DLQ, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED)
+TOPICS = (topics.PORTAL_DEMANDS, topics.PORTAL_DEMANDS_DLQ, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED,
+          topics.ENTERPRISES_CHANGED, topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED,
+          topics.LEAD_STATUS_CHANGED, topics.LEAD_OUTCOMES, topics.LEAD_OUTCOMES_DLQ)
+EXPIRY_INTERVAL_SECONDS = 30.0
 
 
 async def build(rt: Runtime) -> None:
     bootstrap = rt.settings.kafka_bootstrap_servers
     await ensure_topics(bootstrap, TOPICS)
+    ref = reference.load()
     demands = Demands(rt.pool, rt.metrics, schema=SCHEMA)
-    rt.grpc.add(epb_grpc.add_EnterpriseServiceServicer_to_server, EnterpriseApi(Enterprises(rt.pool)),
+    institutions = Institutions(rt.pool, bootstrap, ref, schema=SCHEMA)
+    rt.grpc.add(epb_grpc.add_EnterpriseServiceServicer_to_server,
+                EnterpriseApi(Enterprises(rt.pool, ref, schema=SCHEMA)),
                 epb.DESCRIPTOR.services_by_name["EnterpriseService"])
-    rt.grpc.add(ipb_grpc.add_InstitutionServiceServicer_to_server, InstitutionApi(Institutions(rt.pool, bootstrap)),
+    rt.grpc.add(ipb_grpc.add_InstitutionServiceServicer_to_server, InstitutionApi(institutions),
                 ipb.DESCRIPTOR.services_by_name["InstitutionService"])
     rt.grpc.add(dpb_grpc.add_DemandServiceServicer_to_server, DemandApi(demands),
                 dpb.DESCRIPTOR.services_by_name["DemandService"])
-    rt.consume(topics.PORTAL_DEMANDS, consumers.portal_intake(demands))
+    rt.grpc.add(lpb_grpc.add_LeadServiceServicer_to_server, LeadApi(demands, institutions),
+                lpb.DESCRIPTOR.services_by_name["LeadService"])
+    rt.consume(topics.PORTAL_DEMANDS, consumers.portal_intake(demands),
+               batch_handler=consumers.portal_intake_batch(demands), max_records=PORTAL_BATCH)
     rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(demands))
+    rt.consume(topics.LEAD_OUTCOMES, consumers.lead_outcome_reported(demands))
+    rt.task(lambda: demands.run_expiry(EXPIRY_INTERVAL_SECONDS))
+    stats_api.register(rt)

@@ -1,5 +1,7 @@
-"""The demand service's pure core: enterprises, institutions, demands, their validation,
-the USCC check character and the demand life cycle. No I/O and no protobuf here.
+"""The demand service's pure core: enterprises, institutions, demands, their validation
+(against the reference data of ``reference/``, handed in as a :class:`Reference`), the USCC
+check character, the demand and lead life cycles with their transition tables, intake
+(window filings, cross-channel duplicates) and lead outcomes. No I/O and no protobuf here.
 
 Enumerations mirror the contracts' numbering (``finmesh.*.v1``) so that mapping is a plain
 ``int`` conversion; ``tests/unit/test_demand_domain.py`` checks that they stay in step.
@@ -10,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
-from meshkit.errors import FailedPrecondition, Violations
+from meshkit.errors import FailedPrecondition, PermissionDenied, Violations
 from meshkit.topics import valid_institution_id
 
 # -- vocabulary (numbering as in the .proto files) --------------------------------------------
@@ -129,6 +132,45 @@ class DemandStatus(IntEnum):
     CLOSED = 10
     WITHDRAWN = 11
     EXPIRED = 12
+    DUPLICATE = 13
+
+
+class LeadStatus(IntEnum):
+    UNSPECIFIED = 0
+    CREATED = 1
+    DELIVERED = 2
+    CONTACTED = 3
+    UNDER_REVIEW = 4
+    APPROVED = 5
+    DISBURSED = 6
+    DECLINED = 7
+    WITHDRAWN = 8
+    SLA_BREACHED = 9
+    EXPIRED = 10
+
+
+class ContactMethod(IntEnum):
+    UNSPECIFIED = 0
+    PHONE = 1
+    VISIT = 2
+    VIDEO_CALL = 3
+    EMAIL = 4
+    SMS = 5
+    ONLINE_MESSAGE = 6
+
+
+class DeclineReason(IntEnum):
+    UNSPECIFIED = 0
+    CREDIT_HISTORY = 1
+    INSUFFICIENT_COLLATERAL = 2
+    INSUFFICIENT_REVENUE = 3
+    HIGH_LEVERAGE = 4
+    OUTSIDE_RISK_APPETITE = 5
+    INCOMPLETE_DOCUMENTS = 6
+    ENTERPRISE_UNREACHABLE = 7
+    ENTERPRISE_DECLINED_OFFER = 8
+    PRODUCT_CRITERIA_NOT_MET = 9
+    OTHER = 10
 
 
 def _known(enum: type[IntEnum], value: int, *, unspecified_ok: bool = False) -> bool:
@@ -172,6 +214,32 @@ def valid_uscc(code: str) -> bool:
     return uscc_problem(code) is None
 
 
+# -- reference data (loaded from reference/ by services.demand.reference) --------------------------
+
+
+@dataclass(frozen=True)
+class City:
+    region_code: str
+    name: str
+    name_zh: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The code lists enterprises and institutions are checked against."""
+
+    key_industries: frozenset[int]
+    special_zones: frozenset[str]
+    pilot_cities: dict[str, City]  # by 6-digit region code
+    provinces: frozenset[str]  # 2-digit prefixes
+    sizes: frozenset[int]
+    srdi_tiers: frozenset[int]
+
+    def city_named(self, name: str) -> City | None:
+        wanted = name.strip().casefold()
+        return next((c for c in self.pilot_cities.values() if wanted in (c.name.casefold(), c.name_zh)), None)
+
+
 # -- enterprises ---------------------------------------------------------------------------------
 
 _REGION = re.compile(r"^\d{6}$")
@@ -180,6 +248,8 @@ _INDUSTRY_CODE = re.compile(r"^[A-T]?\d{2,4}$")  # GB/T 4754: section letter + 2
 TAX_CREDIT_GRADES = frozenset({"", "A", "B", "M", "C", "D"})
 EARLIEST_FOUNDED_YEAR = 1800
 MAX_NAME_CHARS = 200
+MAX_CITY_CHARS = 64
+MAX_ZONES = 24
 
 
 @dataclass(frozen=True)
@@ -200,28 +270,55 @@ class Enterprise:
     has_borrowed: bool = False
     special_zones: tuple[str, ...] = ()
     registered_at: datetime | None = None
+    version: int = 0
+    updated_at: datetime | None = None
+
+    def content(self) -> Enterprise:
+        """The fields an enterprise supplies (without what the platform stamps)."""
+        return replace(self, registered_at=None, version=0, updated_at=None)
 
     def same_content(self, other: Enterprise) -> bool:
-        """Equal apart from when each was registered."""
-        return replace(self, registered_at=None) == replace(other, registered_at=None)
+        """Equal apart from when each was registered or changed."""
+        return self.content() == other.content()
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["special_zones"] = list(self.special_zones)
-        d["registered_at"] = self.registered_at.isoformat() if self.registered_at else None
+        for k in ("registered_at", "updated_at"):
+            at = getattr(self, k)
+            d[k] = at.isoformat() if at else None
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> Enterprise:
         d = dict(d)
         d["special_zones"] = tuple(d.get("special_zones") or ())
-        at = d.get("registered_at")
-        d["registered_at"] = datetime.fromisoformat(at) if at else None
+        for k in ("registered_at", "updated_at"):
+            at = d.get(k)
+            d[k] = datetime.fromisoformat(at) if at else None
         return cls(**d)
 
 
-def check_enterprise(v: Violations, e: Enterprise, *, now: datetime, prefix: str = "enterprise") -> None:
-    """Add a violation for every wrong field of ``e``."""
+# What UpdateEnterprise may change (the update mask's paths).
+ENTERPRISE_UPDATABLE: tuple[str, ...] = tuple(
+    f.name for f in fields(Enterprise) if f.name not in {"uscc", "registered_at", "version", "updated_at"}
+)
+
+
+def updated_enterprise(current: Enterprise, incoming: Enterprise, paths: Sequence[str]) -> Enterprise:
+    """``current`` with the fields named by ``paths`` (all updatable ones when empty) taken from ``incoming``."""
+    v = Violations()
+    unknown = sorted(set(paths) - set(ENTERPRISE_UPDATABLE))
+    v.check(not unknown, "update_mask", f"cannot update {', '.join(unknown)}; updatable: "
+            f"{', '.join(ENTERPRISE_UPDATABLE)}")
+    v.raise_if_any()
+    chosen = paths or ENTERPRISE_UPDATABLE
+    return replace(current, **{p: getattr(incoming, p) for p in chosen})
+
+
+def check_enterprise(v: Violations, e: Enterprise, *, now: datetime, ref: Reference | None = None,
+                     prefix: str = "enterprise") -> None:
+    """Add a violation for every wrong field of ``e`` (with ``ref``: also against the reference data)."""
     problem = uscc_problem(e.uscc)
     v.check(problem is None, f"{prefix}.uscc", problem or "")
     v.check(bool(e.name.strip()), f"{prefix}.name", "is required")
@@ -241,12 +338,37 @@ def check_enterprise(v: Violations, e: Enterprise, *, now: datetime, prefix: str
     v.check(e.tax_credit_grade in TAX_CREDIT_GRADES, f"{prefix}.tax_credit_grade",
             "must be one of A, B, M, C, D (or empty)")
     v.check(all(z.strip() for z in e.special_zones), f"{prefix}.special_zones", "must not contain empty names")
+    v.check(len(e.special_zones) <= MAX_ZONES, f"{prefix}.special_zones", f"must name at most {MAX_ZONES} zones")
+    v.check(len(set(e.special_zones)) == len(e.special_zones), f"{prefix}.special_zones", "must not repeat a zone")
+    v.check(len(e.city) <= MAX_CITY_CHARS, f"{prefix}.city", f"must be at most {MAX_CITY_CHARS} characters")
+    if ref is None:
+        return
+    city = ref.pilot_cities.get(e.region_code)
+    if _REGION.match(e.region_code):
+        v.check(city is not None, f"{prefix}.region_code",
+                "is not the region code of one of the 66 pilot cities (reference/pilot_cities.csv)")
+    if city is not None and e.city.strip():
+        v.check(e.city.strip().casefold() in (city.name.casefold(), city.name_zh), f"{prefix}.city",
+                f"region {e.region_code} is {city.name} ({city.name_zh}), not {e.city!r}")
+    if _known(KeyIndustry, e.key_industry):
+        v.check(e.key_industry in ref.key_industries, f"{prefix}.key_industry",
+                "is not in reference/key_industries.csv")
+    if _known(EnterpriseSize, e.size):
+        v.check(e.size in ref.sizes, f"{prefix}.size", "is not in reference/enterprise_sizes.csv")
+    if _known(SrdiTier, e.srdi_tier):
+        v.check(e.srdi_tier in ref.srdi_tiers, f"{prefix}.srdi_tier", "is not in reference/srdi_tiers.csv")
+    unknown = sorted(z for z in set(e.special_zones) if z.strip() and z not in ref.special_zones)
+    v.check(not unknown, f"{prefix}.special_zones",
+            f"unknown zone(s) {', '.join(unknown)[:200]} (see reference/special_zones.csv)")
 
 
-def validate_enterprise(e: Enterprise, *, now: datetime) -> Enterprise:
+def validate_enterprise(e: Enterprise, *, now: datetime, ref: Reference | None = None) -> Enterprise:
+    """``e`` as stored: validated, its city named as in the reference when left empty."""
     v = Violations()
-    check_enterprise(v, e, now=now)
+    check_enterprise(v, e, now=now, ref=ref)
     v.raise_if_any()
+    if ref is not None:  # one spelling of the city, whichever was sent (or none)
+        e = replace(e, city=ref.pilot_cities[e.region_code].name)
     return e
 
 
@@ -265,12 +387,20 @@ class Institution:
     contact_sla_hours: int = 0
     lead_topic: str = ""
     registered_at: datetime | None = None
+    version: int = 0
+    updated_at: datetime | None = None
 
     def same_content(self, other: Institution) -> bool:
-        return replace(self, registered_at=None) == replace(other, registered_at=None)
+        def bare(i: Institution) -> Institution:
+            return replace(i, registered_at=None, version=0, updated_at=None)
+        return bare(self) == bare(other)
 
 
-def validate_institution(i: Institution, *, prefix: str = "institution") -> Institution:
+MAX_REGIONS_SERVED = 100
+
+
+def validate_institution(i: Institution, *, ref: Reference | None = None, prefix: str = "institution"
+                         ) -> Institution:
     """``i`` with its defaults filled in (contact SLA 72 hours); raises naming every wrong field."""
     v = Violations()
     v.check(valid_institution_id(i.institution_id), f"{prefix}.institution_id",
@@ -281,6 +411,13 @@ def validate_institution(i: Institution, *, prefix: str = "institution") -> Inst
             "must be bank, insurer, fund, guarantor, leasing or factor")
     v.check(all(_REGION_OR_PROVINCE.match(r) for r in i.regions_served), f"{prefix}.regions_served",
             "each must be a 6-digit region code or a 2-digit province prefix")
+    v.check(len(i.regions_served) <= MAX_REGIONS_SERVED, f"{prefix}.regions_served",
+            f"must list at most {MAX_REGIONS_SERVED} regions")
+    if ref is not None:
+        unknown = sorted(r for r in set(i.regions_served)
+                         if _REGION_OR_PROVINCE.match(r) and r[:2] not in ref.provinces)
+        v.check(not unknown, f"{prefix}.regions_served",
+                f"unknown province(s) {', '.join(unknown)[:200]} (see reference/provinces.csv)")
     sla = i.contact_sla_hours or DEFAULT_CONTACT_SLA_HOURS
     v.check(1 <= sla <= MAX_CONTACT_SLA_HOURS, f"{prefix}.contact_sla_hours",
             f"must be between 1 and {MAX_CONTACT_SLA_HOURS} hours (0 = {DEFAULT_CONTACT_SLA_HOURS})")
@@ -294,7 +431,12 @@ MAX_AMOUNT_FEN = 10_000_000_000_000  # 100 billion yuan
 MAX_TERM_MONTHS = 360
 MAX_RATE_BPS = 3600
 MAX_KEY_CHARS = 128
+MAX_INSTITUTION_IDS = 20  # preferred, and excluded, institutions per demand
+MAX_REASON_CHARS = 500
 DEFAULT_VALIDITY = timedelta(days=90)
+MAX_VALIDITY = timedelta(days=366)
+# The same need from the same enterprise within this window is a duplicate (see find_duplicate).
+DUPLICATE_WINDOW = timedelta(hours=72)
 
 
 @dataclass(frozen=True)
@@ -357,9 +499,12 @@ def check_demand(v: Violations, d: DemandRequest, *, now: datetime, prefix: str 
     for name in ("preferred_institution_ids", "excluded_institution_ids"):
         ids = getattr(d, name)
         v.check(all(valid_institution_id(i) for i in ids), f"{prefix}.{name}", "each must be a valid institution id")
+        v.check(len(ids) <= MAX_INSTITUTION_IDS, f"{prefix}.{name}",
+                f"must list at most {MAX_INSTITUTION_IDS} institutions")
     both = set(d.preferred_institution_ids) & set(d.excluded_institution_ids)
     v.check(not both, f"{prefix}.excluded_institution_ids", f"also preferred: {', '.join(sorted(both))}")
-    v.check(d.valid_until is None or d.valid_until > now, f"{prefix}.valid_until", "must be in the future")
+    v.check(d.valid_until is None or now < d.valid_until <= now + MAX_VALIDITY, f"{prefix}.valid_until",
+            f"must be in the future, at most {MAX_VALIDITY.days} days ahead")
     v.check(_known(DockingMode, d.docking_mode, unspecified_ok=True), f"{prefix}.docking_mode",
             "is not a known docking mode")
     if d.docking_mode == DockingMode.ENTERPRISE_ACTIVE:
@@ -385,6 +530,14 @@ class StatusChange:
 
 
 @dataclass(frozen=True)
+class LeadChange:
+    status: LeadStatus
+    at: datetime
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Criterion:
     criterion: str
     demand_value: str
@@ -396,7 +549,8 @@ class Criterion:
 
 @dataclass(frozen=True)
 class Lead:
-    """A lead as the matcher issued it (the demand service records it; the matcher decides it)."""
+    """A lead as the matcher issued it, with what happened to it since (the demand service is its
+    system of record: status, history and the institution's outcome)."""
 
     lead_id: str
     demand_id: str
@@ -411,6 +565,21 @@ class Lead:
     status: int
     created_at: datetime | None
     contact_due_at: datetime | None
+    history: tuple[LeadChange, ...] = ()
+    contact_method: int = ContactMethod.UNSPECIFIED
+    contacted_at: datetime | None = None
+    offer_amount_fen: int = 0
+    offer_rate_bps: int = 0
+    offer_term_months: int = 0
+    disbursed_amount_fen: int = 0
+    disbursed_at: datetime | None = None
+    decline_reason: int = DeclineReason.UNSPECIFIED
+    decline_text: str = ""
+    updated_at: datetime | None = None
+
+    def reached(self) -> frozenset[LeadStatus]:
+        """Every status the lead has been in (the lead life cycle has no cycles)."""
+        return frozenset({LeadStatus(self.status), *(h.status for h in self.history)})
 
 
 @dataclass(frozen=True)
@@ -426,28 +595,37 @@ class Demand:
     history: tuple[StatusChange, ...] = ()
     leads: tuple[Lead, ...] = ()
     no_match_explanation: str = ""
+    duplicate_of: str = ""
+    operator_id: str = ""
+    updated_at: datetime | None = None
 
 
 # -- the demand life cycle (DOMAIN.md) -----------------------------------------------------------
 
 S = DemandStatus
-TERMINAL: frozenset[DemandStatus] = frozenset({S.CLOSED, S.WITHDRAWN, S.EXPIRED})
+TERMINAL: frozenset[DemandStatus] = frozenset({S.CLOSED, S.WITHDRAWN, S.EXPIRED, S.DUPLICATE})
 _CLOSING = frozenset({S.WITHDRAWN, S.EXPIRED})  # from any open state
 TRANSITIONS: dict[DemandStatus, frozenset[DemandStatus]] = {
-    S.SUBMITTED: frozenset({S.MATCHING, S.NEEDS_INFO}) | _CLOSING,
+    S.SUBMITTED: frozenset({S.MATCHING, S.NEEDS_INFO, S.DUPLICATE}) | _CLOSING,
     S.NEEDS_INFO: frozenset({S.SUBMITTED}) | _CLOSING,
     S.MATCHING: frozenset({S.LEADS_ISSUED, S.NO_MATCH}) | _CLOSING,
-    S.LEADS_ISSUED: frozenset({S.IN_CONTACT}) | _CLOSING,
-    S.NO_MATCH: _CLOSING,
-    S.IN_CONTACT: frozenset({S.IN_PROCESS}) | _CLOSING,
+    # Beyond DOMAIN.md's drawing: leads may all be declined before any review (straight from
+    # DELIVERED or CONTACTED), so ALL_DECLINED is reachable from LEADS_ISSUED and IN_CONTACT too.
+    S.LEADS_ISSUED: frozenset({S.IN_CONTACT, S.ALL_DECLINED}) | _CLOSING,
+    S.NO_MATCH: frozenset({S.MATCHING}) | _CLOSING,  # beyond DOMAIN.md: a new product fits the open demand
+    S.IN_CONTACT: frozenset({S.IN_PROCESS, S.ALL_DECLINED}) | _CLOSING,
     S.IN_PROCESS: frozenset({S.FUNDED, S.ALL_DECLINED}) | _CLOSING,
     S.ALL_DECLINED: frozenset({S.MATCHING}) | _CLOSING,  # re-match, excluding institutions already tried
     S.FUNDED: frozenset({S.CLOSED}),
     S.CLOSED: frozenset(),
     S.WITHDRAWN: frozenset(),
     S.EXPIRED: frozenset(),
+    S.DUPLICATE: frozenset(),
 }
 OPEN: frozenset[DemandStatus] = frozenset(s for s, nxt in TRANSITIONS.items() if _CLOSING <= nxt)
+# Demands a new, equal one would duplicate: still on their way to money.
+LIVE: frozenset[DemandStatus] = frozenset({S.SUBMITTED, S.NEEDS_INFO, S.MATCHING, S.LEADS_ISSUED, S.IN_CONTACT,
+                                           S.IN_PROCESS})
 
 
 def can_transition(current: DemandStatus, to: DemandStatus) -> bool:
@@ -463,15 +641,53 @@ def check_transition(current: DemandStatus, to: DemandStatus) -> None:
 
 def transition(demand: Demand, to: DemandStatus, *, at: datetime, actor: str, reason: str) -> Demand:
     check_transition(demand.status, to)
-    return replace(demand, status=to, history=(*demand.history, StatusChange(to, at, actor, reason)))
+    return replace(demand, status=to, history=(*demand.history, StatusChange(to, at, actor, reason)),
+                   updated_at=at)
 
 
 SERVICE_ACTOR = "demand"
 
 
+@dataclass(frozen=True)
+class RecentDemand:
+    """What duplicate detection needs to know of an enterprise's recent demands."""
+
+    demand_id: str
+    enterprise_uscc: str
+    amount_fen: int
+    term_months: int
+    loan_category: int
+    status: DemandStatus
+    submitted_at: datetime
+    channel: Channel
+
+
+def find_duplicate(request: DemandRequest, channel: Channel, recent: Iterable[RecentDemand], *, now: datetime
+                   ) -> str | None:
+    """The earliest live demand of the same enterprise for the same need (amount, term and loan
+    category) that arrived through another channel within :data:`DUPLICATE_WINDOW`, or None.
+
+    Within one channel, the channel's idempotency key tells a retry from a new request, so two
+    keys there are two requests. A demand that is over (withdrawn, expired, funded, no match,
+    all declined) does not count either: asking again after it is a new request."""
+    same = [
+        r for r in recent
+        if r.enterprise_uscc == request.enterprise_uscc and r.amount_fen == request.amount_fen
+        and r.term_months == request.term_months and r.loan_category == request.loan_category
+        and r.channel != channel and r.status in LIVE and now - DUPLICATE_WINDOW <= r.submitted_at <= now
+    ]
+    return min(same, key=lambda r: (r.submitted_at, r.demand_id)).demand_id if same else None
+
+
 def accept(*, demand_id: str, request: DemandRequest, channel: Channel, idempotency_key: str, actor: str,
-           enterprise: Enterprise, now: datetime) -> Demand:
-    """A validated demand as accepted: SUBMITTED by ``actor``, then MATCHING, stamped ``now``."""
+           enterprise: Enterprise, now: datetime, operator_id: str = "", duplicate_of: str = "") -> Demand:
+    """A validated demand as accepted: SUBMITTED by ``actor``, then, stamped ``now``,
+
+    - DUPLICATE when it repeats ``duplicate_of`` (final: it is stored and linked, never matched);
+    - NEEDS_INFO when filed at a service window (it waits for the enterprise's confirmation);
+    - MATCHING otherwise.
+    """
+    via = f"received via {channel.label}" + (f", filed by operator {operator_id}" if operator_id else "")
     submitted = Demand(
         demand_id=demand_id,
         request=with_defaults(request, now=now),
@@ -481,31 +697,277 @@ def accept(*, demand_id: str, request: DemandRequest, channel: Channel, idempote
         status=S.SUBMITTED,
         submitted_at=now,
         enterprise=enterprise,
-        history=(StatusChange(S.SUBMITTED, now, actor, f"received via {channel.label}"),),
+        history=(StatusChange(S.SUBMITTED, now, actor, via),),
+        operator_id=operator_id,
+        updated_at=now,
     )
+    if duplicate_of:
+        return replace(transition(submitted, S.DUPLICATE, at=now, actor=SERVICE_ACTOR,
+                                  reason=f"same need as demand {duplicate_of} (same amount, term and category "
+                                         f"through another channel within "
+                                         f"{int(DUPLICATE_WINDOW.total_seconds() // 3600)} h); not matched again"),
+                       duplicate_of=duplicate_of)
+    if channel == Channel.OFFLINE_WINDOW:
+        return transition(submitted, S.NEEDS_INFO, at=now, actor=SERVICE_ACTOR,
+                          reason="filed at a service window: waiting for the enterprise's confirmation")
     return transition(submitted, S.MATCHING, at=now, actor=SERVICE_ACTOR, reason="validated; matching requested")
+
+
+def confirm(demand: Demand, *, uscc: str, at: datetime) -> Demand:
+    """The enterprise confirms a window filing: NEEDS_INFO -> SUBMITTED -> MATCHING."""
+    if uscc != demand.request.enterprise_uscc:
+        raise PermissionDenied("only the demand's own enterprise can confirm it")
+    actor = f"enterprise:{uscc}"
+    confirmed = transition(demand, S.SUBMITTED, at=at, actor=actor, reason="confirmed by the enterprise")
+    return transition(confirmed, S.MATCHING, at=at, actor=SERVICE_ACTOR, reason="validated; matching requested")
 
 
 @dataclass(frozen=True)
 class MatchOutcome:
     status: DemandStatus
-    change: StatusChange
-    no_match_explanation: str = ""
+    changes: tuple[StatusChange, ...]  # in order; empty when the demand's status stays
+    no_match_explanation: str | None = None  # None: leave it as it is
     leads: tuple[Lead, ...] = field(default=())
 
 
+# Where leads added to a demand matched before take it (DemandMatched with `additional`).
+_REOPENED = {S.NO_MATCH: "a product now fits the open demand", S.ALL_DECLINED: "re-match after the declines"}
+_WORKING = frozenset({S.LEADS_ISSUED, S.IN_CONTACT, S.IN_PROCESS})
+
+
 def match_outcome(current: DemandStatus, leads: tuple[Lead, ...], explanation: str, *, at: datetime,
-                  actor: str = "matcher") -> MatchOutcome:
-    """MATCHING -> LEADS_ISSUED (with leads) or NO_MATCH (with the explanation)."""
-    if leads:
-        institutions = len({lead.institution_id for lead in leads})
-        to = S.LEADS_ISSUED
-        reason = f"{len(leads)} lead(s) issued to {institutions} institution(s)"
-        explanation = ""
-    else:
-        to = S.NO_MATCH
+                  actor: str = "matcher", additional: bool = False) -> MatchOutcome:
+    """The matcher's outcome for a demand in ``current``; its leads are recorded as delivered.
+
+    First match: MATCHING -> LEADS_ISSUED (with leads) or NO_MATCH (with the explanation), else
+    :class:`FailedPrecondition`. Leads added later (``additional``: a new product, a re-match
+    after declines or a missed contact clock, a subscription): a demand being worked keeps its
+    status; MATCHING goes to LEADS_ISSUED; NO_MATCH and ALL_DECLINED go back through MATCHING to
+    LEADS_ISSUED; a withdrawn demand's new leads are withdrawn at once; any other state keeps
+    its status and the leads are recorded as the institutions received them."""
+    delivered = tuple(deliver(lead, at=at, actor=actor) for lead in leads)
+    institutions = len({lead.institution_id for lead in leads})
+    issued = f"{len(leads)} lead(s) issued to {institutions} institution(s)"
+    if not additional:
+        if leads:
+            check_transition(current, S.LEADS_ISSUED)
+            return MatchOutcome(S.LEADS_ISSUED, (StatusChange(S.LEADS_ISSUED, at, actor, issued),), "", delivered)
         explanation = explanation.strip() or "no eligible product"
-        reason = explanation
-    check_transition(current, to)
-    return MatchOutcome(status=to, change=StatusChange(to, at, actor, reason), no_match_explanation=explanation,
-                        leads=leads)
+        check_transition(current, S.NO_MATCH)
+        return MatchOutcome(S.NO_MATCH, (StatusChange(S.NO_MATCH, at, actor, explanation),), explanation)
+    if not leads or current in _WORKING:
+        return MatchOutcome(current, (), None, delivered)
+    if current == S.WITHDRAWN:
+        withdrawn = tuple(lead_transition(lead, L.WITHDRAWN, at=at, actor=SERVICE_ACTOR,
+                                          reason="the demand was withdrawn before this lead arrived")
+                          for lead in delivered)
+        return MatchOutcome(current, (), None, withdrawn)
+    changes: list[StatusChange] = []
+    if current in _REOPENED:
+        check_transition(current, S.MATCHING)
+        changes.append(StatusChange(S.MATCHING, at, actor, _REOPENED[current]))
+        current = S.MATCHING
+    if current == S.MATCHING:
+        changes.append(StatusChange(S.LEADS_ISSUED, at, actor, issued))
+        return MatchOutcome(S.LEADS_ISSUED, tuple(changes), "", delivered)
+    return MatchOutcome(current, (), None, delivered)
+
+
+# -- the lead life cycle (DOMAIN.md) ---------------------------------------------------------------
+
+L = LeadStatus
+LEAD_TRANSITIONS: dict[LeadStatus, frozenset[LeadStatus]] = {
+    L.CREATED: frozenset({L.DELIVERED}),
+    L.DELIVERED: frozenset({L.CONTACTED, L.SLA_BREACHED, L.DECLINED, L.WITHDRAWN}),
+    L.CONTACTED: frozenset({L.UNDER_REVIEW, L.DECLINED, L.WITHDRAWN}),
+    L.UNDER_REVIEW: frozenset({L.APPROVED, L.DECLINED, L.WITHDRAWN}),
+    L.APPROVED: frozenset({L.DISBURSED}),
+    L.DISBURSED: frozenset(),
+    L.DECLINED: frozenset(),
+    L.WITHDRAWN: frozenset(),
+    L.SLA_BREACHED: frozenset({L.EXPIRED}),  # a new lead goes to the next-ranked institution
+    L.EXPIRED: frozenset(),
+}
+LEAD_TERMINAL: frozenset[LeadStatus] = frozenset(s for s, nxt in LEAD_TRANSITIONS.items() if not nxt)
+# What an institution may report (the rest is the platform's: delivery, SLA, withdrawal).
+REPORTABLE: tuple[LeadStatus, ...] = (L.CONTACTED, L.UNDER_REVIEW, L.APPROVED, L.DISBURSED, L.DECLINED)
+
+
+def check_lead_transition(current: LeadStatus, to: LeadStatus) -> None:
+    """Raise :class:`FailedPrecondition` unless ``current -> to`` is a transition of the lead life cycle."""
+    if to not in LEAD_TRANSITIONS.get(current, frozenset()):
+        allowed = ", ".join(s.name for s in sorted(LEAD_TRANSITIONS.get(current, ()))) or "none (final state)"
+        raise FailedPrecondition(f"a lead cannot go from {current.name} to {to.name} (allowed: {allowed})")
+
+
+def lead_transition(lead: Lead, to: LeadStatus, *, at: datetime, actor: str, reason: str, **details: object) -> Lead:
+    check_lead_transition(LeadStatus(lead.status), to)
+    return replace(lead, status=to, history=(*lead.history, LeadChange(to, at, actor, reason)), updated_at=at,
+                   **details)  # type: ignore[arg-type]
+
+
+def deliver(lead: Lead, *, at: datetime, actor: str = "matcher") -> Lead:
+    """A lead from the matcher, recorded as CREATED then DELIVERED: the matcher publishes it on the
+    institution's lead topic in the same transaction as the match outcome that brings it here."""
+    created = replace(lead, status=L.CREATED, history=(LeadChange(
+        L.CREATED, lead.created_at or at, actor,
+        f"matched product {lead.product_id} v{lead.product_version}: score {lead.score}, rank {lead.rank}"),))
+    return lead_transition(created, L.DELIVERED, at=at, actor=actor,
+                           reason=f"published on the lead topic of {lead.institution_id}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an institution reports about one of its leads; the details that go with ``status``."""
+
+    status: int
+    contact_method: int = ContactMethod.UNSPECIFIED
+    contacted_at: datetime | None = None
+    offer_amount_fen: int = 0
+    offer_rate_bps: int = 0
+    offer_term_months: int = 0
+    disbursed_amount_fen: int = 0
+    disbursed_at: datetime | None = None
+    decline_reason: int = DeclineReason.UNSPECIFIED
+    decline_text: str = ""
+    note: str = ""
+
+
+MAX_NOTE_CHARS = 1000
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def check_outcome(v: Violations, o: Outcome, *, now: datetime, prefix: str = "outcome") -> None:
+    """Add a violation for every wrong field of ``o``."""
+    if o.status not in REPORTABLE:
+        v.add(f"{prefix}.status", "must be CONTACTED, UNDER_REVIEW, APPROVED, DISBURSED or DECLINED")
+    if o.status == L.CONTACTED:
+        v.check(_known(ContactMethod, o.contact_method), f"{prefix}.contact.method", "must be a known contact method")
+        v.check(o.contacted_at is None or o.contacted_at <= now + CLOCK_SKEW, f"{prefix}.contact.contacted_at",
+                "must not be in the future")
+    if o.status == L.APPROVED:
+        if not 0 < o.offer_amount_fen <= MAX_AMOUNT_FEN:
+            v.add(f"{prefix}.offer.amount_fen", f"must be more than 0 and at most {MAX_AMOUNT_FEN} fen")
+        v.check(0 <= o.offer_rate_bps <= MAX_RATE_BPS, f"{prefix}.offer.rate_bps",
+                f"must be between 0 and {MAX_RATE_BPS} basis points")
+        v.check(1 <= o.offer_term_months <= MAX_TERM_MONTHS, f"{prefix}.offer.term_months",
+                f"must be between 1 and {MAX_TERM_MONTHS} months")
+    if o.status == L.DISBURSED:
+        if not 0 < o.disbursed_amount_fen <= MAX_AMOUNT_FEN:
+            v.add(f"{prefix}.disbursement.amount_fen", f"must be more than 0 and at most {MAX_AMOUNT_FEN} fen")
+        v.check(o.disbursed_at is not None and o.disbursed_at <= now + CLOCK_SKEW,
+                f"{prefix}.disbursement.disbursed_at", "is required and must not be in the future")
+    if o.status == L.DECLINED:
+        v.check(_known(DeclineReason, o.decline_reason), f"{prefix}.decline.reason_code",
+                "must be one of the decline reasons of finmesh.lead.v1.DeclineReason")
+        v.check(o.decline_reason != DeclineReason.OTHER or bool(o.decline_text.strip()), f"{prefix}.decline.text",
+                "is required when the reason is OTHER")
+        v.check(len(o.decline_text) <= MAX_NOTE_CHARS, f"{prefix}.decline.text",
+                f"must be at most {MAX_NOTE_CHARS} characters")
+    v.check(len(o.note) <= MAX_NOTE_CHARS, f"{prefix}.note", f"must be at most {MAX_NOTE_CHARS} characters")
+
+
+def _yuan(fen: int) -> str:
+    return f"{fen // 100:,}.{fen % 100:02d} yuan"
+
+
+def _outcome_details(o: Outcome, at: datetime) -> tuple[dict[str, object], str]:
+    """The lead fields an outcome sets, and the history's reason for it."""
+    s = LeadStatus(o.status)
+    if s == L.CONTACTED:
+        method = ContactMethod(o.contact_method)
+        return ({"contact_method": int(method), "contacted_at": o.contacted_at or at},
+                f"contacted by {method.name.lower().replace('_', ' ')}")
+    if s == L.APPROVED:
+        return ({"offer_amount_fen": o.offer_amount_fen, "offer_rate_bps": o.offer_rate_bps,
+                 "offer_term_months": o.offer_term_months},
+                f"approved: {_yuan(o.offer_amount_fen)} at {o.offer_rate_bps / 100:.2f}% for "
+                f"{o.offer_term_months} months")
+    if s == L.DISBURSED:
+        return ({"disbursed_amount_fen": o.disbursed_amount_fen, "disbursed_at": o.disbursed_at},
+                f"disbursed {_yuan(o.disbursed_amount_fen)}")
+    if s == L.DECLINED:
+        reason = DeclineReason(o.decline_reason)
+        text = f": {o.decline_text.strip()}" if o.decline_text.strip() else ""
+        return ({"decline_reason": int(reason), "decline_text": o.decline_text.strip()},
+                f"declined ({reason.name}){text}")
+    return {}, "under review"
+
+
+def apply_outcome(lead: Lead, o: Outcome, *, at: datetime, actor: str) -> tuple[Lead, bool]:
+    """``lead`` after the institution's report ``o``, and whether anything changed.
+
+    Reporting a status the lead already reached, with the same details, changes nothing (a
+    repeated report); with other details it is refused. Otherwise the transition must be one of
+    the lead life cycle, else :class:`FailedPrecondition` and nothing is applied."""
+    to = LeadStatus(o.status)
+    details, reason = _outcome_details(o, at)
+    if to in lead.reached():
+        if to == L.CONTACTED and o.contacted_at is None:
+            details.pop("contacted_at")  # "when reported" is not a different detail
+        if all(getattr(lead, k) == v for k, v in details.items()):
+            return lead, False
+        raise FailedPrecondition(f"lead {lead.lead_id} was already reported {to.name} with other details")
+    note = f" — {o.note.strip()}" if o.note.strip() else ""
+    return lead_transition(lead, to, at=at, actor=actor, reason=reason + note, **details), True
+
+
+def withdrawable(lead: Lead) -> bool:
+    return L.WITHDRAWN in LEAD_TRANSITIONS.get(LeadStatus(lead.status), frozenset())
+
+
+def withdraw(demand: Demand, *, uscc: str, reason: str, at: datetime) -> Demand:
+    """The enterprise withdraws its demand (any open state) and, with it, every lead still open."""
+    if uscc != demand.request.enterprise_uscc:
+        raise PermissionDenied("only the demand's own enterprise can withdraw it")
+    v = Violations()
+    v.check(len(reason) <= MAX_REASON_CHARS, "reason", f"must be at most {MAX_REASON_CHARS} characters")
+    v.raise_if_any()
+    actor = f"enterprise:{uscc}"
+    why = reason.strip() or "withdrawn by the enterprise"
+    withdrawn = transition(demand, S.WITHDRAWN, at=at, actor=actor, reason=why)
+    leads = tuple(
+        lead_transition(lead, L.WITHDRAWN, at=at, actor=actor, reason=f"demand withdrawn: {why}")
+        if withdrawable(lead) else lead
+        for lead in demand.leads
+    )
+    return replace(withdrawn, leads=leads)
+
+
+_PROGRESS = (S.LEADS_ISSUED, S.IN_CONTACT, S.IN_PROCESS, S.FUNDED)
+
+
+def demand_progress(current: DemandStatus, leads: Sequence[Lead], *, amount_fen: int,
+                    least_acceptable_amount_fen: int) -> list[DemandStatus]:
+    """The demand statuses its leads' outcomes lead to, in order (empty: no change).
+
+    First contact -> IN_CONTACT; under review or approved -> IN_PROCESS; disbursed in total at
+    least the least acceptable amount (the full amount when 0) -> FUNDED; every lead declined
+    (or expired, at least one declined) -> ALL_DECLINED. Only forward, from LEADS_ISSUED,
+    IN_CONTACT or IN_PROCESS; a demand withdrawn, expired or funded is not moved."""
+    if current not in _PROGRESS[:-1] or not leads:
+        return []
+    reached = frozenset().union(*(lead.reached() for lead in leads))
+    threshold = least_acceptable_amount_fen or amount_fen
+    disbursed = sum(lead.disbursed_amount_fen for lead in leads if lead.status == L.DISBURSED)
+    if disbursed >= threshold:
+        target = S.FUNDED
+    elif all(lead.status in (L.DECLINED, L.EXPIRED) for lead in leads) and L.DECLINED in reached:
+        return [S.ALL_DECLINED]
+    elif reached & {L.UNDER_REVIEW, L.APPROVED, L.DISBURSED}:
+        target = S.IN_PROCESS
+    elif L.CONTACTED in reached:
+        target = S.IN_CONTACT
+    else:
+        return []
+    here, there = _PROGRESS.index(current), _PROGRESS.index(target)
+    return list(_PROGRESS[here + 1: there + 1])
+
+
+def progress_reason(to: DemandStatus, lead: Lead) -> str:
+    return {
+        S.IN_CONTACT: f"first contact by {lead.institution_id}",
+        S.IN_PROCESS: f"{lead.institution_id} is reviewing or has approved the application",
+        S.FUNDED: f"disbursed by {lead.institution_id}: at least the least acceptable amount",
+        S.ALL_DECLINED: "every institution declined",
+    }.get(to, to.name)

@@ -7,8 +7,12 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from finmesh.demand.v1 import demand_pb2 as dpb
+from finmesh.demand.v1 import events_pb2 as devents
 from finmesh.enterprise.v1 import enterprise_pb2 as epb
+from finmesh.enterprise.v1 import events_pb2 as eevents
+from finmesh.institution.v1 import events_pb2 as ievents
 from finmesh.institution.v1 import institution_pb2 as ipb
+from finmesh.lead.v1 import events_pb2 as levents
 from finmesh.lead.v1 import lead_pb2 as lpb
 from services.demand import domain as d
 
@@ -46,9 +50,15 @@ def enterprise_to_pb(e: d.Enterprise) -> epb.Enterprise:
         key_industry=e.key_industry, size=e.size, srdi_tier=e.srdi_tier, high_tech=e.high_tech,
         founded_year=e.founded_year, annual_revenue_fen=e.annual_revenue_fen, employees=e.employees,
         tax_credit_grade=e.tax_credit_grade, has_borrowed=e.has_borrowed, special_zones=list(e.special_zones),
+        version=e.version,
     )
     set_ts(m.registered_at, e.registered_at)
+    set_ts(m.updated_at, e.updated_at)
     return m
+
+
+def enterprise_changed(e: d.Enterprise, created: bool) -> eevents.EnterpriseChanged:
+    return eevents.EnterpriseChanged(enterprise=enterprise_to_pb(e), created=created)
 
 
 # -- institutions -----------------------------------------------------------------------------------
@@ -64,10 +74,15 @@ def institution_from_pb(m: ipb.Institution) -> d.Institution:
 def institution_to_pb(i: d.Institution) -> ipb.Institution:
     m = ipb.Institution(
         institution_id=i.institution_id, name=i.name, type=i.type, regions_served=list(i.regions_served),
-        contact_sla_hours=i.contact_sla_hours, lead_topic=i.lead_topic,
+        contact_sla_hours=i.contact_sla_hours, lead_topic=i.lead_topic, version=i.version,
     )
     set_ts(m.registered_at, i.registered_at)
+    set_ts(m.updated_at, i.updated_at)
     return m
+
+
+def institution_changed(i: d.Institution, created: bool) -> ievents.InstitutionChanged:
+    return ievents.InstitutionChanged(institution=institution_to_pb(i), created=created)
 
 
 # -- demands ----------------------------------------------------------------------------------------
@@ -127,7 +142,42 @@ def lead_to_pb(lead: d.Lead) -> lpb.Lead:
     )
     set_ts(m.created_at, lead.created_at)
     set_ts(m.contact_due_at, lead.contact_due_at)
+    set_ts(m.updated_at, lead.updated_at)
+    for h in lead.history:
+        change = m.history.add(status=int(h.status), actor=h.actor, reason=h.reason)
+        set_ts(change.at, h.at)
+    reached = lead.reached()
+    if d.LeadStatus.CONTACTED in reached:
+        m.contact.method = lead.contact_method
+        set_ts(m.contact.contacted_at, lead.contacted_at)
+    if d.LeadStatus.APPROVED in reached:
+        m.offer.CopyFrom(lpb.Offer(amount_fen=lead.offer_amount_fen, rate_bps=lead.offer_rate_bps,
+                                   term_months=lead.offer_term_months))
+    if d.LeadStatus.DISBURSED in reached:
+        m.disbursement.amount_fen = lead.disbursed_amount_fen
+        set_ts(m.disbursement.disbursed_at, lead.disbursed_at)
+    if d.LeadStatus.DECLINED in reached:
+        m.decline.CopyFrom(lpb.Decline(reason_code=lead.decline_reason, text=lead.decline_text))
     return m
+
+
+def lead_status_changed(lead: d.Lead, seq: int) -> levents.LeadStatusChanged:
+    """The event for the ``seq``-th change (1-based) of ``lead``'s history."""
+    h = lead.history[seq - 1]
+    previous = lead.history[seq - 2].status if seq > 1 else d.LeadStatus.UNSPECIFIED
+    m = levents.LeadStatusChanged(lead=lead_to_pb(lead), previous=int(previous), seq=seq)
+    m.change.CopyFrom(lpb.LeadStatusChange(status=int(h.status), actor=h.actor, reason=h.reason))
+    set_ts(m.change.at, h.at)
+    return m
+
+
+def outcome_from_pb(m: lpb.LeadOutcome) -> d.Outcome:
+    return d.Outcome(
+        status=int(m.status), contact_method=int(m.contact.method), contacted_at=ts_to_dt(m.contact.contacted_at),
+        offer_amount_fen=m.offer.amount_fen, offer_rate_bps=m.offer.rate_bps, offer_term_months=m.offer.term_months,
+        disbursed_amount_fen=m.disbursement.amount_fen, disbursed_at=ts_to_dt(m.disbursement.disbursed_at),
+        decline_reason=int(m.decline.reason_code), decline_text=m.decline.text, note=m.note,
+    )
 
 
 def demand_to_pb(x: d.Demand) -> dpb.Demand:
@@ -135,9 +185,27 @@ def demand_to_pb(x: d.Demand) -> dpb.Demand:
         demand_id=x.demand_id, request=request_to_pb(x.request), channel=int(x.channel),
         idempotency_key=x.idempotency_key, status=int(x.status), no_match_explanation=x.no_match_explanation,
         enterprise=enterprise_to_pb(x.enterprise), leads=[lead_to_pb(lead) for lead in x.leads],
+        duplicate_of=x.duplicate_of, operator_id=x.operator_id,
     )
     set_ts(m.submitted_at, x.submitted_at)
+    set_ts(m.updated_at, x.updated_at)
     for h in x.history:
         change = m.history.add(status=int(h.status), actor=h.actor, reason=h.reason)
         set_ts(change.at, h.at)
     return m
+
+
+def status_changed(*, demand_id: str, uscc: str, channel: int, previous: int, change: d.StatusChange, seq: int,
+                   duplicate_of: str = "") -> devents.DemandStatusChanged:
+    m = devents.DemandStatusChanged(demand_id=demand_id, enterprise_uscc=uscc, channel=channel,
+                                    previous=int(previous), seq=seq, duplicate_of=duplicate_of)
+    m.change.CopyFrom(dpb.StatusChange(status=int(change.status), actor=change.actor, reason=change.reason))
+    set_ts(m.change.at, change.at)
+    return m
+
+
+def demand_status_changed(x: d.Demand, seq: int) -> devents.DemandStatusChanged:
+    """The event for the ``seq``-th change (1-based) of ``x``'s history."""
+    previous = x.history[seq - 2].status if seq > 1 else d.DemandStatus.UNSPECIFIED
+    return status_changed(demand_id=x.demand_id, uscc=x.request.enterprise_uscc, channel=int(x.channel),
+                          previous=previous, change=x.history[seq - 1], seq=seq, duplicate_of=x.duplicate_of)

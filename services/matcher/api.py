@@ -1,4 +1,5 @@
-"""gRPC: CatalogService (institutions' systems keep their products here)."""
+"""gRPC: CatalogService (institutions' systems keep their products here), SubscriptionService and
+DemandPoolService (institution-active docking)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,23 @@ import grpc
 
 from finmesh.catalog.v1 import product_pb2 as pb
 from finmesh.catalog.v1 import product_pb2_grpc as pb_grpc
+from finmesh.common.v1 import finance_pb2 as finance
+from finmesh.matching.v1 import docking_pb2 as dock
+from finmesh.matching.v1 import docking_pb2_grpc as dock_grpc
 from meshkit import errors
 from meshkit.paging import Page
 from services.matcher import handlers, store
 from services.matcher.view import LiveCatalog
+
+
+def _enum(enum: object, number: int, field: str) -> str:
+    """The full name of an optional enum filter ('' when unset); unknown numbers are refused."""
+    if number == 0:
+        return ""
+    try:
+        return enum.Name(number)  # type: ignore[attr-defined]
+    except ValueError:
+        raise errors.ValidationFailed([errors.FieldViolation(field, "is not a known value")]) from None
 
 
 class CatalogApi(pb_grpc.CatalogServiceServicer):
@@ -28,6 +42,15 @@ class CatalogApi(pb_grpc.CatalogServiceServicer):
             self.catalog.apply(stored)  # this worker sees its own write at once; others via the topic
         return pb.UpsertProductResponse(product=stored)
 
+    async def RetireProduct(self, request: pb.RetireProductRequest, context: grpc.aio.ServicerContext
+                            ) -> pb.RetireProductResponse:
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored, changed = await handlers.retire_product(conn, request.product_id, request.institution_id,
+                                                            schema=self.schema)
+        if changed:
+            self.catalog.apply(stored)
+        return pb.RetireProductResponse(product=stored)
+
     async def GetProduct(self, request: pb.GetProductRequest, context: grpc.aio.ServicerContext
                          ) -> pb.GetProductResponse:
         if not request.product_id:
@@ -40,8 +63,52 @@ class CatalogApi(pb_grpc.CatalogServiceServicer):
     async def ListProducts(self, request: pb.ListProductsRequest, context: grpc.aio.ServicerContext
                            ) -> pb.ListProductsResponse:
         page = Page.of(request.page_size, request.page_token)
-        rows = await store.list_products(self.pool, request.institution_id, page)
+        filters = store.ProductFilter(
+            institution_id=request.institution_id,
+            loan_category=_enum(finance.LoanCategory, request.loan_category, "loan_category"),
+            status=_enum(pb.ProductStatus, request.status, "status"),
+            programme_tag=request.programme_tag,
+            industry=_enum(finance.KeyIndustry, request.industry, "industry"),
+        )
+        rows = await store.list_products(self.pool, filters, page)
         return pb.ListProductsResponse(
             products=[pb.Product.FromString(r) for r in rows[: page.size]],
             next_page_token=page.next_token(len(rows)),
         )
+
+
+class SubscriptionApi(dock_grpc.SubscriptionServiceServicer):
+    def __init__(self, docking: handlers.Docking) -> None:
+        self.docking = docking
+
+    async def RegisterSubscription(self, request: dock.RegisterSubscriptionRequest,
+                                   context: grpc.aio.ServicerContext) -> dock.RegisterSubscriptionResponse:
+        return dock.RegisterSubscriptionResponse(subscription=await self.docking.register(request.subscription))
+
+    async def ListSubscriptions(self, request: dock.ListSubscriptionsRequest,
+                                context: grpc.aio.ServicerContext) -> dock.ListSubscriptionsResponse:
+        if not request.institution_id:
+            raise errors.ValidationFailed([errors.FieldViolation("institution_id", "is required")])
+        return dock.ListSubscriptionsResponse(subscriptions=await self.docking.list(request.institution_id))
+
+    async def DeleteSubscription(self, request: dock.DeleteSubscriptionRequest,
+                                 context: grpc.aio.ServicerContext) -> dock.DeleteSubscriptionResponse:
+        await self.docking.delete(request.subscription_id, request.institution_id)
+        return dock.DeleteSubscriptionResponse()
+
+
+class DemandPoolApi(dock_grpc.DemandPoolServiceServicer):
+    def __init__(self, docking: handlers.Docking) -> None:
+        self.docking = docking
+
+    async def ListOpenDemands(self, request: dock.ListOpenDemandsRequest,
+                              context: grpc.aio.ServicerContext) -> dock.ListOpenDemandsResponse:
+        if not request.institution_id:
+            raise errors.ValidationFailed([errors.FieldViolation("institution_id", "is required")])
+        page = Page.of(request.page_size, "")
+        return dock.ListOpenDemandsResponse(demands=await self.docking.open_pool(request.institution_id, page.size))
+
+    async def ClaimDemand(self, request: dock.ClaimDemandRequest,
+                          context: grpc.aio.ServicerContext) -> dock.ClaimDemandResponse:
+        lead = await self.docking.claim(request.institution_id, request.demand_id, request.product_id)
+        return dock.ClaimDemandResponse(lead=lead)

@@ -1,11 +1,14 @@
 """Composition root of the matcher: a Faust worker with the shared runtime inside it.
 
 The Faust app consumes ``DEMANDS_ACCEPTED`` in the consumer group ``finmesh-matcher`` (workers
-share its partitions). Inside it, one :class:`RuntimeService` opens the shared runtime (metrics,
-migrations, pool, producer, gRPC with health NOT_SERVING, outbox relay), loads the in-memory
-catalog view and keeps it current, consumes ``PRODUCTS_PUBLISHED`` (with its dead-letter topic),
-and reports SERVING once the view is verified against PostgreSQL and Faust has its partitions.
-SIGTERM: Faust's worker stops the app; the runtime lets the demand in hand finish, then drains.
+share its partitions), in batches. Inside it, one :class:`RuntimeService` opens the shared runtime
+(metrics, migrations, pool, producer, gRPC with health NOT_SERVING, outbox relay), loads the
+in-memory catalog view and keeps it current, holds the open demands of its assigned partitions
+(the reverse join matches every new or changed product against them), consumes
+``PRODUCTS_PUBLISHED``, the demand service's lead and demand status changes and the notifier's
+missed contact clocks (re-matching), serves the catalog, subscription and pool APIs, and reports
+SERVING once the view is verified against PostgreSQL and Faust has its partitions.
+SIGTERM: Faust's worker stops the app; the runtime lets the batch in hand finish, then drains.
 """
 
 from __future__ import annotations
@@ -21,15 +24,24 @@ from pydantic import Field
 
 from finmesh.catalog.v1 import product_pb2 as catalog_pb
 from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
+from finmesh.matching.v1 import docking_pb2 as docking_pb
+from finmesh.matching.v1 import docking_pb2_grpc as docking_grpc
 from meshkit import log, topics
 from meshkit.kafka import dead_letter
 from meshkit.lifecycle import Runtime
 from meshkit.metrics import Metrics
 from meshkit.settings import ServiceSettings, load
-from services.matcher.api import CatalogApi
-from services.matcher.consumers import DemandAgent, ProductsPublished, StallWatch
-from services.matcher.handlers import DemandMatcher
-from services.matcher.view import LiveCatalog
+from services.matcher import handlers, store
+from services.matcher.api import CatalogApi, DemandPoolApi, SubscriptionApi
+from services.matcher.consumers import (
+    DemandAgent,
+    DemandStatusChanges,
+    LeadSlaBreaches,
+    LeadStatusChanges,
+    ProductsPublished,
+    StallWatch,
+)
+from services.matcher.view import LiveCatalog, OpenDemandsView
 
 SCHEMA = "matcher"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -46,6 +58,8 @@ class MatcherSettings(ServiceSettings):
     )
     faust_app_id: str = Field(default=APP_ID, description="Faust app id: the demand consumer group's name.")
     faust_replication_factor: int = Field(default=1, ge=1, description="Replicas of Faust's internal topics.")
+    match_batch_size: int = Field(default=200, ge=1, description="Demands matched in one transaction at most.")
+    match_batch_ms: float = Field(default=5.0, ge=0, description="How long a batch waits to fill (milliseconds).")
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -68,11 +82,17 @@ class Matcher:
         self.metrics = Metrics()
         self.rt: Runtime | None = None
         self.catalog: LiveCatalog | None = None
-        self.demands: DemandMatcher | None = None
+        self.demands: handlers.DemandMatcher | None = None
+        self.reverse: handlers.ReverseJoin | None = None
+        self.open_demands = OpenDemandsView()
         self.ready = asyncio.Event()  # the catalog is loaded: the agent may match
         self.assigned = asyncio.Event()  # Faust's consumer has completed a rebalance
+        self.rebalanced = asyncio.Event()  # the open demands to hold may have changed
+        self.held = asyncio.Event()  # the open demands of the current assignment are in memory
         self.agent = DemandAgent(matcher=lambda: self.demands, ready=self.ready, metrics=self.metrics,
-                                 service=self.settings.service_name, dead_letter=self._dead_letter)
+                                 service=self.settings.service_name, dead_letter=self._dead_letter,
+                                 batch_size=self.settings.match_batch_size,
+                                 within=self.settings.match_batch_ms / 1000)
         self.app = faust.App(
             self.settings.faust_app_id,
             broker=broker_urls(settings.kafka_bootstrap_servers),
@@ -109,6 +129,55 @@ class Matcher:
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self.assigned.set()
+        self.held.clear()
+        self.rebalanced.set()
+
+    def _demand_partitions(self) -> set[int]:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - no consumer yet
+            return set()
+        return {tp.partition for tp in assignment if tp.topic == topics.DEMANDS_ACCEPTED.name}
+
+    async def _hold_open_demands(self) -> None:
+        """Hold in memory the open demands of the partitions assigned (after each rebalance), and
+        join the products changed while no worker held them."""
+        assert self.rt is not None and self.reverse is not None
+        while True:
+            await self.rebalanced.wait()
+            self.rebalanced.clear()
+            wanted = self._demand_partitions()
+            self.open_demands.drop(self.open_demands.parts - wanted)
+            added = sorted(wanted - self.open_demands.parts)
+            if not added:
+                if not self.rebalanced.is_set():
+                    self.held.set()
+                continue
+            for part in added:
+                self.open_demands.parts.add(part)  # new demands of these partitions are kept from now on
+            try:
+                rows = await store.open_demands_of(self.rt.pool, added)
+            except Exception as err:  # noqa: BLE001 - the database may be restarting: try again
+                logger.warning("could not load the open demands; retrying", error=repr(err))
+                self.open_demands.drop(added)
+                self.rebalanced.set()
+                await asyncio.sleep(1.0)
+                continue
+            loaded = []
+            for row in rows:
+                if self.open_demands.get(row.demand_id) is None:
+                    _, od = handlers.from_row(row)
+                    self.open_demands.put(row.part, od)
+                    loaded.append(od)
+            try:
+                issued = await self.reverse.catch_up(loaded)
+            except Exception as err:  # noqa: BLE001 - a missed catch-up costs a lead, not correctness
+                logger.warning("reverse-join catch-up failed", error=repr(err))
+                issued = 0
+            logger.info("open demands held", partitions=sorted(self.open_demands.parts), loaded=len(loaded),
+                        held=len(self.open_demands), caught_up=issued)
+            if not self.rebalanced.is_set():
+                self.held.set()
 
     # -- start and stop (called by RuntimeService) -------------------------------------------------
     async def open(self) -> None:
@@ -117,14 +186,36 @@ class Matcher:
         catalog = self.catalog = LiveCatalog(pool=rt.pool, bootstrap=self.settings.kafka_bootstrap_servers,
                                              metrics=rt.metrics, service=rt.service)
         await catalog.load()
-        self.demands = DemandMatcher(pool=rt.pool, view=catalog.view, metrics=rt.metrics, schema=SCHEMA)
+        standing = handlers.Standing(rt.pool)
+        await standing.refresh()
+        self.demands = handlers.DemandMatcher(pool=rt.pool, view=catalog.view, metrics=rt.metrics, schema=SCHEMA,
+                                              standing=standing, open_demands=self.open_demands)
+        reverse = self.reverse = handlers.ReverseJoin(pool=rt.pool, view=catalog.view, schema=SCHEMA,
+                                                      standing=standing, open_demands=self.open_demands,
+                                                      metrics=rt.metrics)
+        catalog.on_change = reverse.notify
+        outcomes = handlers.LeadOutcomes(pool=rt.pool, view=catalog.view, standing=standing,
+                                         open_demands=self.open_demands, schema=SCHEMA, metrics=rt.metrics)
+        docking = handlers.Docking(pool=rt.pool, view=catalog.view, standing=standing,
+                                   open_demands=self.open_demands, schema=SCHEMA)
         rt.grpc.add(catalog_grpc.add_CatalogServiceServicer_to_server, CatalogApi(rt.pool, catalog, SCHEMA),
                     catalog_pb.DESCRIPTOR.services_by_name["CatalogService"])
+        rt.grpc.add(docking_grpc.add_SubscriptionServiceServicer_to_server, SubscriptionApi(docking),
+                    docking_pb.DESCRIPTOR.services_by_name["SubscriptionService"])
+        rt.grpc.add(docking_grpc.add_DemandPoolServiceServicer_to_server, DemandPoolApi(docking),
+                    docking_pb.DESCRIPTOR.services_by_name["DemandPoolService"])
         rt.consume(topics.PRODUCTS_PUBLISHED, ProductsPublished(rt.pool, catalog, SCHEMA))
+        rt.consume(topics.LEAD_STATUS_CHANGED, LeadStatusChanges(outcomes))
+        rt.consume(topics.DEMAND_STATUS_CHANGED, DemandStatusChanges(outcomes))
+        rt.consume(topics.LEAD_SLA_BREACHED, LeadSlaBreaches(outcomes))
         rt.task(catalog.follow)
         rt.task(catalog.verify)
+        rt.task(standing.follow)
+        rt.task(reverse.run)
+        rt.task(self._hold_open_demands)
         rt.readiness(self._catalog_verified)
         rt.readiness(self._partitions_assigned)
+        rt.readiness(self._demands_held)
         rt.on_stop(catalog.stop)
         self.ready.set()
 
@@ -133,6 +224,9 @@ class Matcher:
 
     async def _partitions_assigned(self) -> bool:
         return self.assigned.is_set()
+
+    async def _demands_held(self) -> bool:
+        return self.held.is_set()
 
     async def serve(self) -> None:
         """Report SERVING once ready, then watch the demand agent for stalls."""

@@ -50,6 +50,36 @@ class ProductsPublished:
             self.catalog.apply(stored)
 
 
+class LeadStatusChanges:
+    """``LeadStatusChanged`` (demand service): institutions' records, re-matching after a decline."""
+
+    def __init__(self, outcomes: handlers.LeadOutcomes) -> None:
+        self.outcomes = outcomes
+
+    async def __call__(self, env: codec.Envelope) -> None:
+        await self.outcomes.status_changed(env)
+
+
+class LeadSlaBreaches:
+    """``LeadSlaBreached`` (notifier): the lead drops out and the demand is re-routed."""
+
+    def __init__(self, outcomes: handlers.LeadOutcomes) -> None:
+        self.outcomes = outcomes
+
+    async def __call__(self, env: codec.Envelope) -> None:
+        await self.outcomes.sla_breached(env)
+
+
+class DemandStatusChanges:
+    """``DemandStatusChanged`` (demand service): closed demands leave the open-demand table."""
+
+    def __init__(self, outcomes: handlers.LeadOutcomes) -> None:
+        self.outcomes = outcomes
+
+    async def __call__(self, env: codec.Envelope) -> None:
+        await self.outcomes.demand_status_changed(env)
+
+
 def _headers(event: Any) -> codec.Headers:
     headers = event.message.headers
     if isinstance(headers, dict):
@@ -58,66 +88,80 @@ def _headers(event: Any) -> codec.Headers:
 
 
 class DemandAgent:
-    """The Faust agent on ``DEMANDS_ACCEPTED``: one demand at a time, acknowledged (so Faust may
-    commit its offset) only after its leads are committed to PostgreSQL.
+    """The Faust agent on ``DEMANDS_ACCEPTED``: demands in batches (up to ``batch_size`` records, or
+    what arrived within ``within`` seconds), each batch matched in one transaction and acknowledged
+    (so Faust may commit its offsets) only after its leads are committed to PostgreSQL.
 
     Acks are manual: Faust's automatic ack would also ack a record whose handling was cancelled.
-    A database error is retried with back-off, never skipped; an undecodable record goes to the
-    topic's dead-letter topic with the reason. Once stopping, no new record is started.
+    A database error retries the batch with back-off, never skips it; an undecodable record goes to
+    the topic's dead-letter topic with the reason. Once stopping, no new batch is started.
     """
 
     def __init__(self, *, matcher: Callable[[], handlers.DemandMatcher | None], ready: asyncio.Event,
                  metrics: Metrics, service: str,
-                 dead_letter: Callable[[Any, str], Awaitable[None]] | None = None) -> None:
+                 dead_letter: Callable[[Any, str], Awaitable[None]] | None = None,
+                 batch_size: int = 200, within: float = 0.005) -> None:
         self.matcher = matcher
         self.dead_letter = dead_letter
         self.ready = ready
         self.metrics = metrics
         self.service = service
+        self.batch_size = batch_size
+        self.within = within
         self.stopping = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
         self.handled = 0
 
     async def run(self, stream: Any) -> None:
-        manual = stream.noack()
-        async for event in manual.events():
+        async for events in stream.noack_take(self.batch_size, within=self.within):
             await self.ready.wait()
             if self.stopping.is_set():
-                await asyncio.Event().wait()  # leave it unacknowledged until the agent is cancelled
+                await asyncio.Event().wait()  # leave them unacknowledged until the agent is cancelled
             self.idle.clear()
             try:
-                await self.handle(event.value, _headers(event), event.message)
+                await self.handle_many([(e.value, _headers(e), e.message) for e in events])
             finally:
                 self.idle.set()
-            await manual.ack(event)
-            self.handled += 1
+            for event in events:
+                await stream.ack(event)
+            self.handled += len(events)
 
     async def handle(self, value: bytes | None, headers: codec.Headers, record: Any) -> None:
         """Match one record; ``record`` has the Kafka record's topic, partition, offset and key."""
+        await self.handle_many([(value, headers, record)])
+
+    async def handle_many(self, records: list[tuple[bytes | None, codec.Headers, Any]]) -> None:
         topic = topics.DEMANDS_ACCEPTED.name
-        offset = record.offset
         start = time.perf_counter()
-        try:
-            env = codec.decode(topics.DEMANDS_ACCEPTED, value, headers)
-        except codec.PoisonMessage as poison:
-            reason = str(poison)
-            logger.error("undecodable demand dead-lettered", topic=topic, offset=offset, reason=reason)
-            if self.dead_letter is not None:
-                original = SimpleNamespace(topic=record.topic, partition=record.partition, offset=offset,
-                                           key=record.key, value=value, headers=headers)
-                await self._retrying(lambda: self.dead_letter(original, reason), offset)  # type: ignore[misc]
-            self.metrics.messages_consumed.labels(self.service, topic, "dead_lettered").inc()
+        batch: list[handlers.Incoming] = []
+        for value, headers, record in records:
+            try:
+                env = codec.decode(topics.DEMANDS_ACCEPTED, value, headers)
+            except codec.PoisonMessage as poison:
+                reason = str(poison)
+                logger.error("undecodable demand dead-lettered", topic=topic, offset=record.offset, reason=reason)
+                if self.dead_letter is not None:
+                    original = SimpleNamespace(topic=record.topic, partition=record.partition, offset=record.offset,
+                                               key=record.key, value=value, headers=headers)
+                    await self._retrying(lambda o=original, r=reason: self.dead_letter(o, r),  # type: ignore[misc]
+                                         record.offset)
+                self.metrics.messages_consumed.labels(self.service, topic, "dead_lettered").inc()
+                continue
+            batch.append(handlers.Incoming(env, record.partition))
+        if not batch:
             return
-        outcome = await self._retrying(lambda: self._match(env), offset)
-        self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
-        self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
+        outcomes = await self._retrying(lambda: self._match(batch), records[0][2].offset)
+        for outcome in outcomes:
+            self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
+        elapsed = (time.perf_counter() - start) / len(batch)
+        for _ in batch:
+            self.metrics.message_duration.labels(self.service, topic).observe(elapsed)
 
-
-    async def _match(self, env: codec.Envelope) -> str:
+    async def _match(self, batch: list[handlers.Incoming]) -> list[str]:
         matcher = self.matcher()
         assert matcher is not None, "the matcher is not running"
-        return await matcher.handle(env)
+        return await matcher.handle_batch(batch)
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]], offset: int) -> T:
         """``attempt_once()`` until it succeeds: failures (database, broker) are retried with

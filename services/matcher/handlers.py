@@ -1,31 +1,48 @@
-"""The matcher's service layer: the catalog's write path and the matching of one demand.
+"""The matcher's service layer: the catalog's write path, matching demands in batches, the
+reverse join, re-matching after a decline or a missed contact clock, closing demands, institution
+responsiveness, and the institution-active docking (subscriptions, the pool and claims).
 
-Each function runs one unit of work in one PostgreSQL transaction: the state change, the
-inbox claim of the event that caused it (for consumers) and the outbox events announcing it.
+Each unit of work runs in one PostgreSQL transaction: the state change, the inbox claim of the
+event that caused it (for consumers) and the outbox events announcing it. Decisions are taken by
+the pure core (:mod:`services.matcher.domain`); anything that adds a lead to a demand matched
+before locks the demand's ``open_demands`` row and re-checks its room and tried institutions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 import asyncpg
 
 from finmesh.catalog.v1 import events_pb2 as catalog_events
 from finmesh.catalog.v1 import product_pb2 as catalog
+from finmesh.common.v1 import finance_pb2 as finance
+from finmesh.demand.v1 import demand_pb2
 from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.lead.v1 import lead_pb2
+from finmesh.matching.v1 import docking_pb2
 from finmesh.matching.v1 import events_pb2 as matching_events
-from meshkit import codec, errors, ids, inbox, log, outbox, topics
+from meshkit import codec, errors, ids, log, outbox, topics
 from meshkit.metrics import Metrics
 from services.matcher import domain, mapping, store
+from services.matcher.view import OpenDemandsView
 
 logger = log.get(__name__)
 
 CONTACT_SLA = timedelta(hours=72)
 DEMANDS_CONSUMER = "matcher.demands"
 PRODUCTS_CONSUMER = "matcher.products-published"
-LEAD_ORIGIN_LABEL = "intelligent_match"
+LEAD_STATUS_CONSUMER = "matcher.lead-status"
+SLA_CONSUMER = "matcher.lead-sla"
+DEMAND_STATUS_CONSUMER = "matcher.demand-status"
+CLOSED_DEMAND_STATUSES = frozenset({"FUNDED", "CLOSED", "WITHDRAWN", "EXPIRED"})
+
+
+# -- the catalog ------------------------------------------------------------------------------------
 
 
 def prepare(product: catalog.Product) -> catalog.Product:
@@ -58,6 +75,9 @@ async def upsert_product(conn: asyncpg.Connection, product: catalog.Product, *, 
         conn, product_id=stored.product_id, institution_id=stored.institution_id, version=stored.version,
         status=catalog.ProductStatus.Name(stored.status), content_hash=content,
         product=stored.SerializeToString(), updated_at=now,
+        loan_category=finance.LoanCategory.Name(stored.loan_category),
+        programme_tags=list(stored.programme_tags),
+        industries=[finance.KeyIndustry.Name(i) for i in stored.industries],
     )
     await outbox.append(
         conn, topics.CATALOG_CHANGED, catalog_events.ProductChanged(product=stored), schema=schema,
@@ -66,66 +86,473 @@ async def upsert_product(conn: asyncpg.Connection, product: catalog.Product, *, 
     return stored, True
 
 
+async def retire_product(conn: asyncpg.Connection, product_id: str, institution_id: str, *, schema: str
+                         ) -> tuple[catalog.Product, bool]:
+    """A new version of the product with status RETIRED (no-op if it already is)."""
+    v = errors.Violations()
+    v.check(bool(product_id), "product_id", "is required")
+    v.check(bool(institution_id), "institution_id", "is required")
+    v.raise_if_any()
+    await store.lock_product(conn, product_id)
+    row = await store.product_row(conn, product_id)
+    if row is None:
+        raise errors.NotFound(f"product {product_id} not found")
+    if row.institution_id != institution_id:
+        raise errors.PermissionDenied(f"product {product_id} is not a product of {institution_id}")
+    current = catalog.Product.FromString(row.product)
+    retired = catalog.Product()
+    retired.CopyFrom(current)
+    retired.status = catalog.PRODUCT_STATUS_RETIRED
+    return await upsert_product(conn, retired, schema=schema)
+
+
+# -- issuing leads ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One lead to issue: the demand as accepted, the pick and where it came from."""
+
+    demand: demand_pb2.Demand
+    pick: domain.Pick
+    origin: str
+
+
+def _lead(issue: Issue, now: datetime) -> lead_pb2.Lead:
+    demand_id = issue.demand.demand_id
+    return mapping.lead_proto(ids.lead_id(demand_id, issue.pick.product.product_id), demand_id, issue.pick,
+                              created_at=now, contact_due_at=now + CONTACT_SLA, origin=issue.origin)
+
+
+def _lead_row(lead: lead_pb2.Lead, origin: str, now: datetime) -> store.LeadRow:
+    return store.LeadRow(
+        lead_id=lead.lead_id, demand_id=lead.demand_id, institution_id=lead.institution_id,
+        product_id=lead.product_id, product_version=lead.product_version, score=lead.score, rank=lead.rank,
+        rules_version=lead.rules_version, lead=lead.SerializeToString(), created_at=now,
+        contact_due_at=now + CONTACT_SLA, origin=origin,
+    )
+
+
+def _lead_issued(lead: lead_pb2.Lead, demand: demand_pb2.Demand) -> tuple[topics.TopicSpec, object, str]:
+    return (topics.lead_topic(lead.institution_id),
+            matching_events.LeadIssued(lead=lead, demand=demand.request, enterprise=demand.enterprise),
+            ids.event_id("lead-issued", lead.lead_id))
+
+
+async def add_leads(conn: asyncpg.Connection, issues: Sequence[Issue], *, schema: str, now: datetime
+                    ) -> list[lead_pb2.Lead]:
+    """Add leads to demands matched before, in the caller's transaction (the demands' rows must be
+    locked by it and their room checked): the leads, the demands' counts and tried institutions,
+    ``LeadIssued`` to each institution and one ``DemandMatched`` (``additional``) per demand with
+    only its new leads. Returns the leads inserted (a replay inserts none)."""
+    if not issues:
+        return []
+    leads = [(_lead(i, now), i) for i in issues]
+    inserted = await store.insert_leads(conn, [_lead_row(lead, i.origin, now) for lead, i in leads])
+    fresh = [(lead, i) for lead, i in leads if lead.lead_id in inserted]
+    per_demand: dict[str, list[tuple[lead_pb2.Lead, Issue]]] = {}
+    for lead, i in fresh:
+        per_demand.setdefault(lead.demand_id, []).append((lead, i))
+    await store.add_leads_to_demands(conn, {d: [lead.institution_id for lead, _ in items]
+                                            for d, items in per_demand.items()})
+    events: list[tuple[topics.TopicSpec, object, str]] = [_lead_issued(lead, i.demand) for lead, i in fresh]
+    for demand_id, items in per_demand.items():
+        new = [lead for lead, _ in items]
+        events.append((topics.DEMANDS_MATCHED, matching_events.DemandMatched(
+            demand_id=demand_id, enterprise_uscc=items[0][1].demand.request.enterprise_uscc, leads=new,
+            additional=True, rules_version=domain.RULES_VERSION,
+        ), ids.event_id("demand-matched", demand_id, *sorted(lead.lead_id for lead in new))))
+    await outbox.append_many(conn, events, schema=schema, occurred_at=now)  # type: ignore[arg-type]
+    return [lead for lead, _ in fresh]
+
+
+def from_row(row: store.OpenDemandRow) -> tuple[demand_pb2.Demand, domain.OpenDemand]:
+    accepted = demand_pb2.Demand.FromString(row.demand)
+    return accepted, mapping.open_demand(accepted, active_leads=row.active_leads, tried=row.tried,
+                                         matched_at=row.matched_at, valid_until=row.valid_until)
+
+
+# -- the shared state of a worker ----------------------------------------------------------------------
+
+
+@dataclass
+class Standing:
+    """What a worker keeps in memory besides the catalog: institutions' responsiveness and the
+    standing subscriptions (both refreshed from PostgreSQL every few seconds, and at once after
+    this worker's own writes)."""
+
+    pool: asyncpg.Pool
+    responsiveness: dict[str, domain.Responsiveness] = field(default_factory=dict)
+    subscriptions: tuple[domain.StandingSubscription, ...] = ()
+
+    async def refresh(self) -> None:
+        rows = await store.institution_stats(self.pool)
+        self.responsiveness = {
+            r["institution_id"]: domain.responsiveness_of(r["leads"], r["contacted"], r["decided"], r["approved"],
+                                                          list(r["contact_seconds"]))
+            for r in rows
+        }
+        self.subscriptions = tuple(mapping.subscription_from_proto(docking_pb2.Subscription.FromString(b))
+                                   for b in await store.subscriptions(self.pool))
+
+    async def follow(self, every: float = 2.0) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the database may be restarting
+                logger.warning("could not refresh responsiveness and subscriptions", error=repr(err))
+            await asyncio.sleep(every)
+
+
+# -- new demands, in batches ----------------------------------------------------------------------------
+
+
+@dataclass
+class Incoming:
+    env: codec.Envelope
+    partition: int
+
+
 @dataclass
 class DemandMatcher:
-    """Matches one ``DemandAccepted`` against the catalog view and stores its leads."""
+    """Matches batches of ``DemandAccepted``: every demand planned by the pure core, then one
+    transaction for the batch (inbox claims, match records, open demands, leads, outbox)."""
 
     pool: asyncpg.Pool
     view: domain.CatalogView
     metrics: Metrics
     schema: str
+    standing: Standing
+    open_demands: OpenDemandsView
 
-    async def handle(self, env: codec.Envelope) -> str:
-        """Match, then in one transaction: inbox claim, match record, leads, outbox. Returns the
-        outcome (``processed``, ``duplicate`` or ``invalid``)."""
-        assert isinstance(env.message, demand_events.DemandAccepted)
-        accepted = env.message.demand
-        if not accepted.demand_id:
-            logger.warning("demand without an id; skipped", event_id=env.event_id)
-            return "invalid"
-        demand = mapping.demand_from_proto(accepted)
-        result = domain.match(self.view.active(), demand)
+    async def handle(self, env: codec.Envelope, partition: int = 0) -> str:
+        return (await self.handle_batch([Incoming(env, partition)]))[0]
+
+    async def handle_batch(self, batch: Sequence[Incoming]) -> list[str]:
+        """Outcomes (``processed``, ``duplicate`` or ``invalid``) in the order of ``batch``."""
         now = codec.now()
-        leads = [
-            mapping.lead_proto(ids.lead_id(demand.demand_id, pick.product.product_id), demand.demand_id, pick,
-                               created_at=now, contact_due_at=now + CONTACT_SLA)
-            for pick in result.picks
-        ]
+        now_s = int(now.timestamp())
+        outcomes = ["duplicate"] * len(batch)
+        plans: dict[str, tuple[int, demand_pb2.Demand, domain.Demand, domain.Plan]] = {}
+        for n, item in enumerate(batch):
+            assert isinstance(item.env.message, demand_events.DemandAccepted)
+            accepted = item.env.message.demand
+            if not accepted.demand_id:
+                logger.warning("demand without an id; skipped", event_id=item.env.event_id)
+                outcomes[n] = "invalid"
+                continue
+            if accepted.demand_id in plans:
+                continue  # the same demand twice in one batch: the first one counts
+            d = mapping.demand_from_proto(accepted)
+            plans[accepted.demand_id] = (n, accepted, d, domain.plan(
+                self.view, d, subscriptions=self.standing.subscriptions,
+                responsiveness=self.standing.responsiveness, now=now_s))
+        if not plans:
+            return outcomes
+        event_of = {batch[n].env.event_id: demand_id for demand_id, (n, *_rest) in plans.items()}
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await inbox.claim(conn, DEMANDS_CONSUMER, env.event_id):
-                return "duplicate"
-            if not await store.record_match(
-                conn, demand_id=demand.demand_id, enterprise_uscc=accepted.request.enterprise_uscc,
-                leads=len(leads), candidates=result.candidates_considered, explanation=result.explanation,
-                rules_version=domain.RULES_VERSION,
-            ):
-                return "duplicate"  # matched before, under another event id
-            inserted = await store.insert_leads(conn, [
-                store.LeadRow(
-                    lead_id=lead.lead_id, demand_id=lead.demand_id, institution_id=lead.institution_id,
-                    product_id=lead.product_id, product_version=lead.product_version, score=lead.score,
-                    rank=lead.rank, rules_version=lead.rules_version, lead=lead.SerializeToString(),
-                    created_at=now, contact_due_at=now + CONTACT_SLA,
-                ) for lead in leads
-            ])
-            events: list[tuple[topics.TopicSpec, object, str]] = [
-                (topics.lead_topic(lead.institution_id),
-                 matching_events.LeadIssued(lead=lead, demand=accepted.request, enterprise=accepted.enterprise),
-                 ids.event_id("lead-issued", lead.lead_id))
-                for lead in leads if lead.lead_id in inserted
-            ]
-            events.append((
-                topics.DEMANDS_MATCHED,
-                matching_events.DemandMatched(
-                    demand_id=demand.demand_id, enterprise_uscc=accepted.request.enterprise_uscc, leads=leads,
-                    no_match_explanation=result.explanation, candidates_considered=result.candidates_considered,
-                ),
-                ids.event_id("demand-matched", demand.demand_id),
-            ))
+            claimed = await store.claim_events(conn, DEMANDS_CONSUMER, list(event_of))
+            todo = {event_of[e]: plans[event_of[e]] for e in claimed}
+            new = await store.record_matches(conn, [
+                store.MatchRow(demand_id, accepted.request.enterprise_uscc, len(p.result.picks),
+                               p.result.candidates_considered, p.result.explanation)
+                for demand_id, (_, accepted, _, p) in todo.items()
+            ], domain.RULES_VERSION)
+            todo = {k: v for k, v in todo.items() if k in new}  # matched before, under another event id
+            lead_rows: list[store.LeadRow] = []
+            open_rows: list[store.OpenDemandRow] = []
+            events: list[tuple[topics.TopicSpec, object, str]] = []
+            for demand_id, (n, accepted, d, p) in todo.items():
+                leads = [_lead(Issue(accepted, pick, origin), now) for pick, origin in zip(p.result.picks, p.origins,
+                                                                                           strict=True)]
+                lead_rows += [_lead_row(lead, origin, now) for lead, origin in zip(leads, p.origins, strict=True)]
+                events += [_lead_issued(lead, accepted) for lead in leads]
+                events.append((topics.DEMANDS_MATCHED, matching_events.DemandMatched(
+                    demand_id=demand_id, enterprise_uscc=accepted.request.enterprise_uscc, leads=leads,
+                    no_match_explanation=p.result.explanation, candidates_considered=p.result.candidates_considered,
+                    hints=mapping.hints_proto(p.result.hints), rules_version=domain.RULES_VERSION,
+                ), ids.event_id("demand-matched", demand_id)))
+                outcomes[n] = "processed"
+                if not d.consent_to_share or d.docking_mode == domain.ENTERPRISE_ACTIVE:
+                    continue  # nothing may ever be added to it: it is not kept open
+                valid_until = accepted.request.valid_until.ToDatetime(tzinfo=now.tzinfo) \
+                    if accepted.request.HasField("valid_until") else None
+                open_rows.append(store.OpenDemandRow(
+                    demand_id=demand_id, part=batch[n].partition, demand=accepted.SerializeToString(),
+                    docking_mode=d.docking_mode, consent=d.consent_to_share, active_leads=len(leads),
+                    tried=[lead.institution_id for lead in leads], valid_until=valid_until, matched_at=now,
+                ))
+            await store.open_demands(conn, open_rows)
+            await store.insert_leads(conn, lead_rows)  # deterministic ids: a replay inserts none
             await outbox.append_many(conn, events, schema=self.schema, occurred_at=now)  # type: ignore[arg-type]
-        self.metrics.demand_to_lead.observe(max(0.0, time.time() - env.occurred_at.timestamp()))
+        for row in open_rows:
+            self.open_demands.put(row.part, domain.OpenDemand(
+                todo[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried), matched_at=now_s,
+                valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
+        wall = time.time()
+        for n, _, _, p in todo.values():
+            self.metrics.demand_to_lead.observe(max(0.0, wall - batch[n].env.occurred_at.timestamp()))
+            if p.result.picks:
+                for origin in p.origins:
+                    self.metrics.leads_issued.labels(origin.lower()).inc()
+            else:
+                self.metrics.demands_unmatched.inc()
+        return outcomes
+
+
+# -- the reverse join: a new or changed product against the open demands -----------------------------------
+
+
+@dataclass
+class ReverseJoin:
+    """Matches each new or changed product against the open demands this worker holds (those of
+    its partitions of the demand topic), as soon as the catalog view applies it."""
+
+    pool: asyncpg.Pool
+    view: domain.CatalogView
+    schema: str
+    standing: Standing
+    open_demands: OpenDemandsView
+    metrics: Metrics
+    queue: asyncio.Queue[domain.Product] = field(default_factory=asyncio.Queue)
+    joined: int = 0
+
+    def notify(self, product: domain.Product) -> None:
+        self.queue.put_nowait(product)
+
+    async def run(self) -> None:
+        while True:
+            product = await self.queue.get()
+            while True:
+                try:
+                    await self.join(product)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - retried: a product change is never skipped
+                    logger.warning("reverse join failed; retrying", product_id=product.product_id, error=repr(err))
+                    await asyncio.sleep(0.5)
+
+    async def join(self, product: domain.Product, demands: Sequence[domain.OpenDemand] | None = None) -> int:
+        """Leads for ``product`` on the open demands it fits; returns how many were issued."""
+        now = codec.now()
+        now_s = int(now.timestamp())
+        began = time.perf_counter()
+        pool = self.open_demands.values() if demands is None else list(demands)
+        resp = self.standing.responsiveness.get(product.institution_id)
+        pairs: list[tuple[domain.OpenDemand, domain.Pick]] = []
+        for start in range(0, len(pool), 20_000):  # let the demand agent in between slices
+            pairs += domain.reverse_join(product, pool[start:start + 20_000], responsiveness=resp, now=now_s)
+            await asyncio.sleep(0)
+        joined = time.perf_counter() - began
+        if not pairs:
+            logger.info("reverse join", product_id=product.product_id, open_demands=len(pool), fits=0,
+                        join_seconds=round(joined, 4))
+            return 0
+        issued: list[lead_pb2.Lead] = []
+        for start in range(0, len(pairs), 1000):
+            chunk = pairs[start:start + 1000]
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await store.lock_open_demands(conn, [od.demand.demand_id for od, _ in chunk])
+                issues = []
+                for od, pick in chunk:
+                    row = rows.get(od.demand.demand_id)
+                    if row is None or not row.open:
+                        continue
+                    accepted, fresh = from_row(row)
+                    if fresh.room(now=now_s) <= 0 or product.institution_id in fresh.tried:
+                        continue  # the row is the truth; the memory was behind
+                    issues.append(Issue(accepted, replace(pick, rank=fresh.active_leads + 1), domain.ORIGIN_MATCH))
+                issued += await add_leads(conn, issues, schema=self.schema, now=now)
+        for lead in issued:
+            self.open_demands.lead_added(lead.demand_id, lead.institution_id)
+        logger.info("reverse join", product_id=product.product_id, open_demands=len(pool), fits=len(pairs),
+                    issued=len(issued), join_seconds=round(joined, 4),
+                    total_seconds=round(time.perf_counter() - began, 4))
+        self.metrics.leads_issued.labels("reverse_join").inc(len(issued))
+        self.joined += len(issued)
+        return len(issued)
+
+    async def catch_up(self, loaded: Sequence[domain.OpenDemand], margin: int = 5) -> int:
+        """After partitions were assigned: join the products changed since each loaded demand was
+        first matched (a change seen while no worker held the demand is not lost)."""
+        if not loaded:
+            return 0
+        since = min(od.matched_at for od in loaded) - margin
+        issued = 0
+        for product in self.view.changed_after(since):
+            issued += await self.join(product, [od for od in loaded
+                                                if od.matched_at - margin < product.updated_at])
+        return issued
+
+
+# -- re-matching and the demand's life cycle -------------------------------------------------------------
+
+
+async def rematch(conn: asyncpg.Connection, demand_id: str, origin: str, *, view: domain.CatalogView,
+                  standing: Standing, schema: str, now: datetime) -> list[lead_pb2.Lead]:
+    """The demand's next-best candidates, excluding every institution tried (in the caller's
+    transaction, which locks the demand's row)."""
+    rows = await store.lock_open_demands(conn, [demand_id])
+    row = rows.get(demand_id)
+    if row is None or not row.open:
+        return []
+    accepted, od = from_row(row)
+    picks = domain.rematch(view, od, responsiveness=standing.responsiveness, now=int(now.timestamp()))
+    return await add_leads(conn, [Issue(accepted, pick, origin) for pick in picks], schema=schema, now=now)
+
+
+_INACTIVE = {"DECLINED": domain.ORIGIN_REMATCH, "EXPIRED": domain.ORIGIN_REROUTE, "SLA_BREACHED": domain.ORIGIN_REROUTE,
+             "WITHDRAWN": ""}
+
+
+@dataclass
+class LeadOutcomes:
+    """Lead status changes (from the demand service) and missed contact clocks (from the notifier):
+    the institution's record, the demand's active count, and a re-match when a lead drops out."""
+
+    pool: asyncpg.Pool
+    view: domain.CatalogView
+    standing: Standing
+    open_demands: OpenDemandsView
+    schema: str
+    metrics: Metrics
+
+    async def status_changed(self, env: codec.Envelope) -> None:
+        """``LeadStatusChanged``."""
+        msg = env.message
+        lead = msg.lead  # type: ignore[attr-defined]
+        status = lead_pb2.LeadStatus.Name(lead.status).removeprefix("LEAD_STATUS_")
+        at = msg.change.at.ToDatetime(tzinfo=codec.now().tzinfo) if msg.change.HasField("at") else codec.now()  # type: ignore[attr-defined]
+        await self._apply(env.event_id, LEAD_STATUS_CONSUMER, lead.lead_id, status, at,
+                          contacted_at=lead.contact.contacted_at.ToDatetime(tzinfo=at.tzinfo)
+                          if lead.HasField("contact") and lead.contact.HasField("contacted_at") else at)
+
+    async def sla_breached(self, env: codec.Envelope) -> None:
+        """``LeadSlaBreached``."""
+        msg = env.message
+        at = msg.breached_at.ToDatetime(tzinfo=codec.now().tzinfo) if msg.HasField("breached_at") else codec.now()  # type: ignore[attr-defined]
+        await self._apply(env.event_id, SLA_CONSUMER, msg.lead_id, "SLA_BREACHED", at)  # type: ignore[attr-defined]
+
+    async def _apply(self, event_id: str, consumer: str, lead_id: str, status: str, at: datetime, *,
+                     contacted_at: datetime | None = None) -> None:
+        now = codec.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await store.claim_events(conn, consumer, [event_id]):
+                return
+            state = await store.lead_state(conn, lead_id)
+            if state is None:
+                return  # not a lead the matcher issued (e.g. a roadshow intent)
+            if status == "CONTACTED" and state.status not in ("CONTACTED",):
+                seconds = max(0, int(((contacted_at or at) - state.created_at).total_seconds()))
+                await store.record_outcome(conn, state.institution_id, contact_seconds=seconds)
+            elif status == "SLA_BREACHED" and state.active:
+                await store.record_outcome(conn, state.institution_id, breached=True)
+            elif status in ("APPROVED", "DECLINED") and state.status not in ("APPROVED", "DECLINED", "DISBURSED"):
+                await store.record_outcome(conn, state.institution_id, decided=True, approved=status == "APPROVED")
+            drops = status in _INACTIVE and state.active
+            await store.set_lead_status(conn, lead_id, status, state.active and not drops)
+            leads: list[lead_pb2.Lead] = []
+            if drops:
+                await store.release_lead(conn, state.demand_id)
+                self.open_demands.lead_dropped(state.demand_id)
+                if _INACTIVE[status]:
+                    leads = await rematch(conn, state.demand_id, _INACTIVE[status], view=self.view,
+                                          standing=self.standing, schema=self.schema, now=now)
+        for lead in leads:
+            self.open_demands.lead_added(lead.demand_id, lead.institution_id)
         if leads:
-            self.metrics.leads_issued.labels(LEAD_ORIGIN_LABEL).inc(len(inserted))
-        else:
-            self.metrics.demands_unmatched.inc()
-        return "processed"
+            self.metrics.leads_issued.labels(domain.ORIGIN_REMATCH.lower() if status == "DECLINED"
+                                             else domain.ORIGIN_REROUTE.lower()).inc(len(leads))
+
+    async def demand_status_changed(self, env: codec.Envelope) -> None:
+        """``DemandStatusChanged``: a demand funded, closed, withdrawn or expired is no longer open."""
+        msg = env.message
+        status = demand_pb2.DemandStatus.Name(msg.change.status).removeprefix("DEMAND_STATUS_")  # type: ignore[attr-defined]
+        if status not in CLOSED_DEMAND_STATUSES:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await store.claim_events(conn, DEMAND_STATUS_CONSUMER, [env.event_id]):
+                return
+            await store.close_demand(conn, msg.demand_id, status.lower())  # type: ignore[attr-defined]
+        self.open_demands.remove(msg.demand_id)  # type: ignore[attr-defined]
+
+
+# -- institution-active docking ------------------------------------------------------------------------------
+
+
+@dataclass
+class Docking:
+    """Standing subscriptions, the anonymised pool of open demands, and claims."""
+
+    pool: asyncpg.Pool
+    view: domain.CatalogView
+    standing: Standing
+    open_demands: OpenDemandsView
+    schema: str
+
+    async def register(self, sub: docking_pb2.Subscription) -> docking_pb2.Subscription:
+        v = errors.Violations()
+        v.check(topics.valid_institution_id(sub.institution_id), "subscription.institution_id",
+                "must be a valid institution id")
+        p = self.view.get(sub.product_id)
+        v.check(p is not None and p.institution_id == sub.institution_id and p.status == domain.ACTIVE,
+                "subscription.product_id", "must be an active product of the institution")
+        v.raise_if_any()
+        domain.validate_criteria([mapping.requirement_from_proto(c) for c in sub.criteria], "subscription.criteria")
+        out = docking_pb2.Subscription()
+        out.CopyFrom(sub)
+        content = sub.SerializeToString(deterministic=True)
+        out.subscription_id = sub.subscription_id or ids.stable_id("subscription", sub.institution_id,
+                                                                   content.hex())
+        out.created_at.FromDatetime(codec.now())
+        await store.save_subscription(self.pool, out.subscription_id, out.institution_id, out.SerializeToString())
+        await self.standing.refresh()
+        return out
+
+    async def list(self, institution_id: str) -> list[docking_pb2.Subscription]:
+        return [docking_pb2.Subscription.FromString(b) for b in await store.subscriptions(self.pool, institution_id)]
+
+    async def delete(self, subscription_id: str, institution_id: str) -> None:
+        if not await store.delete_subscription(self.pool, subscription_id, institution_id):
+            raise errors.NotFound(f"subscription {subscription_id} of {institution_id} not found")
+        await self.standing.refresh()
+
+    async def open_pool(self, institution_id: str, limit: int) -> list[docking_pb2.AnonymisedDemand]:
+        """Open demands with room that fit one of the institution's products, anonymised."""
+        own = [p for p in self.view.active() if p.institution_id == institution_id]
+        if not own:
+            return []
+        now_s = int(time.time())
+        out = []
+        for row in await store.pool_demands(self.pool, 5000):
+            _, od = from_row(row)
+            pick = domain.pool_fit(self.view, od, institution_id, own, now=now_s)
+            if pick is not None:
+                out.append(mapping.anonymised(od.demand, od.active_leads, pick))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def claim(self, institution_id: str, demand_id: str, product_id: str) -> lead_pb2.Lead:
+        v = errors.Violations()
+        v.check(bool(institution_id), "institution_id", "is required")
+        v.check(bool(demand_id), "demand_id", "is required")
+        v.raise_if_any()
+        now = codec.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = (await store.lock_open_demands(conn, [demand_id])).get(demand_id)
+            if row is None or not row.open or not row.consent or row.docking_mode == domain.ENTERPRISE_ACTIVE:
+                raise errors.NotFound(f"no open demand {demand_id} in the pool")
+            accepted, od = from_row(row)
+            pick = domain.claim(self.view, od, institution_id, product_id,
+                                responsiveness=self.standing.responsiveness.get(institution_id),
+                                now=int(now.timestamp()))
+            if isinstance(pick, str):
+                raise errors.FailedPrecondition(pick)
+            leads = await add_leads(conn, [Issue(accepted, pick, domain.ORIGIN_CLAIMED)], schema=self.schema, now=now)
+        for lead in leads:
+            self.open_demands.lead_added(lead.demand_id, lead.institution_id)
+        return leads[0]

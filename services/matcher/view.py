@@ -1,4 +1,6 @@
-"""The in-memory catalog view every matcher worker holds: the join side of the demand stream.
+"""The in-memory views of a matcher worker: the catalog (every worker holds all of it: the join
+side of the demand stream) and the open demands of the partitions it is assigned (the other
+side, for the reverse join).
 
 Loaded from PostgreSQL at start, then kept current from the compacted ``CATALOG_CHANGED`` topic
 by a plain consumer without a group (every worker reads every partition). The end offsets are
@@ -10,6 +12,8 @@ newer. :meth:`LiveCatalog.verify` compares the view's count and checksum with Po
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -46,17 +50,23 @@ class LiveCatalog:
         self.verified = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        self.load_seconds = 0.0
+        self.on_change: Callable[[domain.Product], None] | None = None  # the reverse join, once loaded
 
     def apply(self, product: catalog.Product) -> bool:
         """Apply one stored product (from the snapshot, the topic or this worker's own write)."""
-        changed = self.view.apply(mapping.product_from_proto(product))
+        p = mapping.product_from_proto(product)
+        changed = self.view.apply(p)
         if changed:
             self.metrics.catalog_products.set(len(self.view.active()))
+            if self.on_change is not None and self.loaded.is_set():
+                self.on_change(p)
         return changed
 
     async def load(self, timeout: float = 60.0) -> None:
         """Record the topic's end offsets, read the snapshot, and position the follower after it."""
         spec = topics.CATALOG_CHANGED
+        began = asyncio.get_running_loop().time()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=f"{self.service}-catalog-view", fetch_max_wait_ms=100,
@@ -79,7 +89,9 @@ class LiveCatalog:
             consumer.seek(tp, ends[tp])
         self.metrics.catalog_products.set(len(self.view.active()))
         self.loaded.set()
-        logger.info("catalog loaded", products=len(self.view), active=len(self.view.active()))
+        self.load_seconds = asyncio.get_running_loop().time() - began
+        logger.info("catalog loaded", products=len(self.view), active=len(self.view.active()),
+                    seconds=round(self.load_seconds, 3))
 
     async def follow(self) -> None:
         """Apply every change published after the snapshot, until stopped."""
@@ -108,12 +120,13 @@ class LiveCatalog:
         """Return once the view has PostgreSQL's count and checksum (sets ``verified``)."""
         await self.loaded.wait()
         loop = asyncio.get_running_loop()
-        warned = loop.time()
+        warned = warned_from = loop.time()
         while True:
             count, checksum = await store.count_and_checksum(self.pool)
             if count == len(self.view) and checksum == self.view.checksum:
                 self.verified.set()
-                logger.info("catalog verified", products=count)
+                logger.info("catalog verified", products=count,
+                            seconds_since_load_began=round(self.load_seconds + loop.time() - warned_from, 3))
                 return
             if loop.time() - warned > warn_every:
                 warned = loop.time()
@@ -129,3 +142,55 @@ class LiveCatalog:
                 await asyncio.wait_for(consumer.stop(), 10)
             except Exception:  # noqa: BLE001
                 logger.warning("catalog follower did not close cleanly")
+
+
+class OpenDemandsView:
+    """The open demands of the demand-topic partitions this worker is assigned, by id. A hint for
+    the reverse join: every lead added re-checks the demand's row in PostgreSQL."""
+
+    def __init__(self) -> None:
+        self._demands: dict[str, domain.OpenDemand] = {}
+        self._part: dict[str, int] = {}
+        self.parts: set[int] = set()
+
+    def put(self, part: int, od: domain.OpenDemand) -> None:
+        if part in self.parts:
+            self._demands[od.demand.demand_id] = od
+            self._part[od.demand.demand_id] = part
+
+    def load(self, part: int, demands: Iterable[domain.OpenDemand]) -> None:
+        self.parts.add(part)
+        for od in demands:
+            self.put(part, od)
+
+    def drop(self, parts: Iterable[int]) -> None:
+        gone = set(parts)
+        self.parts -= gone
+        for demand_id in [d for d, p in self._part.items() if p in gone]:
+            self.remove(demand_id)
+
+    def remove(self, demand_id: str) -> None:
+        self._demands.pop(demand_id, None)
+        self._part.pop(demand_id, None)
+
+    def lead_added(self, demand_id: str, institution_id: str) -> None:
+        od = self._demands.get(demand_id)
+        if od is not None:
+            self._demands[demand_id] = replace(od, active_leads=od.active_leads + 1, tried=od.tried | {institution_id})
+
+    def lead_dropped(self, demand_id: str) -> None:
+        od = self._demands.get(demand_id)
+        if od is not None:
+            self._demands[demand_id] = replace(od, active_leads=max(0, od.active_leads - 1))
+
+    def get(self, demand_id: str) -> domain.OpenDemand | None:
+        return self._demands.get(demand_id)
+
+    def values(self) -> list[domain.OpenDemand]:
+        return list(self._demands.values())
+
+    def __iter__(self) -> Iterator[domain.OpenDemand]:
+        return iter(list(self._demands.values()))
+
+    def __len__(self) -> int:
+        return len(self._demands)

@@ -221,8 +221,13 @@ async def test_kill_9_loses_no_demand_and_matches_none_twice(world: World, mesh,
             seen = bank.records[demand_id]
             lead_ids = [lead.lead.lead_id for lead in seen]
             duplicates += len(lead_ids) - len(set(lead_ids))
+            # one set of leads per demand: what the bank saw is exactly what the platform records
+            # (the demand service stores them from the matcher's event, possibly after the bank has read them)
+            deadline = time.monotonic() + 30
             demand = await get_demand(stub, demand_id)
-            # one set of leads per demand: what the bank saw is exactly what the platform recorded
+            while {lead.lead_id for lead in demand.leads} != set(lead_ids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                demand = await get_demand(stub, demand_id)
             assert {lead.lead_id for lead in demand.leads} == set(lead_ids)
             assert len(set(lead_ids)) <= 3
     print(f"\n{victim} kill -9: {len(accepted)} demands, all with leads; redelivered lead records: {duplicates}")

@@ -112,8 +112,11 @@ def test_breakdown_sums_to_score_within_0_to_100() -> None:
         for e in (domain.evaluate(p, d) for p in products):
             assert e.score == sum(r.points for r in e.results)
             assert 0 <= e.score <= 100
-    best = domain.evaluate(product("p", rate_max_bps=500), demand())
+    best = domain.evaluate(product("p", rate_max_bps=500), demand(),
+                           domain.Responsiveness(leads=10, contacted=10, decided=4, approved=4,
+                                                 median_contact_seconds=3600))
     assert best.score == 100
+    assert domain.evaluate(product("p", rate_max_bps=500), demand()).score == 100 - domain.RESPONSIVENESS_POINTS // 2
 
 
 def test_at_most_three_leads_one_per_institution() -> None:
@@ -156,13 +159,14 @@ def test_no_product_at_all() -> None:
 def test_term_explanation_names_the_closest_accepted_term() -> None:
     products = [product(f"p{i}", term_max_months=360) for i in range(12)] + [product("short", term_max_months=12)]
     result = domain.match(products, demand(term_months=400))
-    assert result.explanation == "no active product accepts a term of 400 months; 12 products would accept 360"
+    assert result.explanation == "none of 13 products fits; a term of 360 months would make 12 products eligible"
+    assert result.hints == (domain.Hint("term", "360", 12, "a term of 360 months would make 12 products eligible"),)
     assert result.candidates_considered == 13
 
 
 def test_rate_and_exclusion_explanations() -> None:
     text = domain.match([product("p", rate_min_bps=520)], demand()).explanation
-    assert "5.00%" in text and "5.20%" in text
+    assert "5.20%" in text
     text = domain.match([product("p", "bank-x")], demand(excluded_institution_ids=frozenset({"bank-x"}))).explanation
     assert "exclude" in text
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from finmesh.catalog.v1 import product_pb2 as catalog
 from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.demand.v1 import demand_pb2
+from finmesh.demand.v1 import demand_pb2 as dem
+from finmesh.enterprise.v1 import enterprise_pb2
 from services.matcher import domain, mapping
 
 
@@ -28,3 +32,48 @@ def test_demand_maps_with_any_category_and_institution_sets() -> None:
         amount_fen=5, term_months=12, max_rate_bps=400, excluded_institution_ids=["x", "x"])))
     assert d == domain.Demand(demand_id="d", amount_fen=5, term_months=12, max_rate_bps=400,
                               excluded_institution_ids=frozenset({"x"}))
+
+
+@pytest.mark.parametrize("enum, prefix, names", [
+    (finance.LoanCategory, "LOAN_CATEGORY_", domain.LOAN_CATEGORIES),
+    (finance.Collateral, "COLLATERAL_", domain.COLLATERALS),
+    (finance.KeyIndustry, "KEY_INDUSTRY_", domain.KEY_INDUSTRIES),
+    (finance.EnterpriseSize, "ENTERPRISE_SIZE_", domain.SIZES),
+    (finance.SrdiTier, "SRDI_TIER_", domain.SRDI_TIERS),
+    (dem.Purpose, "PURPOSE_", domain.PURPOSES),
+    (catalog.ProductStatus, "PRODUCT_STATUS_", domain.PRODUCT_STATUSES),
+])
+def test_the_domain_vocabulary_is_the_contracts(enum, prefix, names) -> None:
+    """The pure core lists the enum names it validates requirement values against, in the
+    contract's order (ascending where the order matters)."""
+    assert tuple(n.removeprefix(prefix) for n in enum.keys() if not n.endswith("_UNSPECIFIED")) == names
+
+
+def test_product_and_demand_carry_every_eligibility_field() -> None:
+    p = catalog.Product(
+        product_id="p", collateral_required=finance.COLLATERAL_EQUIPMENT,
+        industries=[finance.KEY_INDUSTRY_AEROSPACE], special_zones=["ftz"], regions=["3502"],
+        programme_tags=["tech-refi"], renewal_support=True,
+        requirements=[catalog.Criterion(field="enterprise.srdi_tier", operator="gte", values=["PROVINCIAL"],
+                                        critical=True)])
+    p.valid_until.FromSeconds(2_000_000_000)
+    d = mapping.product_from_proto(p)
+    assert (d.collateral_required, d.industries, d.special_zones, d.regions, d.programme_tags, d.renewal_support,
+            d.valid_until) == ("EQUIPMENT", frozenset({"AEROSPACE"}), frozenset({"ftz"}), ("3502",),
+                               ("tech-refi",), True, 2_000_000_000)
+    assert d.requirements == (domain.Requirement("enterprise.srdi_tier", "gte", ("PROVINCIAL",), True),)
+    assert mapping.requirement_proto(d.requirements[0]) == p.requirements[0]
+    demand = dem.Demand(demand_id="d", request=dem.DemandRequest(
+        collateral_offered=[finance.COLLATERAL_PROPERTY], consent_to_share=True, product_id="p",
+        purpose=dem.PURPOSE_RESEARCH_AND_DEVELOPMENT),
+        enterprise=enterprise_pb2.Enterprise(uscc="u", region_code="350203",
+                                             key_industry=finance.KEY_INDUSTRY_AEROSPACE,
+                                             srdi_tier=finance.SRDI_TIER_LITTLE_GIANT, founded_year=2015,
+                                             special_zones=["ftz"], has_borrowed=True))
+    demand.submitted_at.FromSeconds(1_800_000_000)  # 2027
+    got = mapping.demand_from_proto(demand)
+    assert got.collateral_offered == frozenset({"PROPERTY"}) and got.consent_to_share and got.product_id == "p"
+    assert got.purpose == "RESEARCH_AND_DEVELOPMENT" and got.as_of_year == 2027
+    assert got.enterprise.srdi_tier == "LITTLE_GIANT" and got.enterprise.special_zones == frozenset({"ftz"})
+    assert domain.fact(got, "enterprise.years_in_business") == 12
+    assert domain.fact(got, "enterprise.first_time_borrower") is False

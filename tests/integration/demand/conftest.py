@@ -12,6 +12,7 @@ import pytest
 from finmesh.demand.v1 import demand_pb2_grpc as dm_grpc
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
+from finmesh.lead.v1 import lead_pb2_grpc as lead_grpc
 from meshkit.kafka import make_producer
 from meshkit.lifecycle import Runtime
 from meshkit.settings import ServiceSettings
@@ -38,13 +39,14 @@ class Stubs:
     demands: dm_grpc.DemandServiceStub
     enterprises: ent_grpc.EnterpriseServiceStub
     institutions: inst_grpc.InstitutionServiceStub
+    leads: lead_grpc.LeadServiceStub
 
 
 @pytest.fixture(scope="module")
 async def stubs(demand_rt: Runtime) -> AsyncIterator[Stubs]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as channel:
         yield Stubs(dm_grpc.DemandServiceStub(channel), ent_grpc.EnterpriseServiceStub(channel),
-                    inst_grpc.InstitutionServiceStub(channel))
+                    inst_grpc.InstitutionServiceStub(channel), lead_grpc.LeadServiceStub(channel))
 
 
 @pytest.fixture(scope="module")

@@ -273,6 +273,13 @@ async def test_a_match_stores_leads_and_issues_them(stubs: Stubs, producer) -> N
 
     got = await eventually(get, lambda x: x.status == dm.DEMAND_STATUS_LEADS_ISSUED)
     assert got.status == dm.DEMAND_STATUS_LEADS_ISSUED
+    for stored in got.leads:  # recorded as delivered (the matcher published them), with their history
+        assert stored.status == ld.LEAD_STATUS_DELIVERED and stored.updated_at.seconds
+        assert [(h.status, h.actor) for h in stored.history] == [(ld.LEAD_STATUS_CREATED, "matcher"),
+                                                                (ld.LEAD_STATUS_DELIVERED, "matcher")]
+        stored.ClearField("history")
+        stored.ClearField("updated_at")
+        stored.status = ld.LEAD_STATUS_CREATED
     assert list(got.leads) == leads
     await asyncio.sleep(0.5)
     got = await get()
@@ -307,11 +314,12 @@ async def test_register_enterprise_is_idempotent_and_validated(stubs: Stubs) -> 
     assert first.created and first.enterprise.registered_at.seconds
     same = await stubs.enterprises.RegisterEnterprise(ent.RegisterEnterpriseRequest(enterprise=enterprise(uscc)))
     assert not same.created and same.enterprise == first.enterprise
-    changed = await stubs.enterprises.RegisterEnterprise(
-        ent.RegisterEnterpriseRequest(enterprise=enterprise(uscc, employees=150)))
-    assert not changed.created and changed.enterprise.employees == 150
+    with pytest.raises(grpc.aio.AioRpcError) as info:  # other content: that is what UpdateEnterprise is for
+        await stubs.enterprises.RegisterEnterprise(
+            ent.RegisterEnterpriseRequest(enterprise=enterprise(uscc, employees=150)))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     got = await stubs.enterprises.GetEnterprise(ent.GetEnterpriseRequest(uscc=uscc))
-    assert got.enterprise == changed.enterprise
+    assert got.enterprise == first.enterprise and got.enterprise.version == 1
 
     bad = enterprise(uscc[:-1] + ("0" if uscc[-1] != "0" else "1"), name="", region_code="35", size=0,
                      srdi_tier=0, key_industry=0, founded_year=0)
@@ -333,6 +341,7 @@ async def test_register_institution_creates_its_lead_topic(stubs: Stubs, bootstr
         institution_id=f"icbc-{run}", name="ICBC Xiamen", type=inst.INSTITUTION_TYPE_BANK, regions_served=["35"])))
     i = reply.institution
     assert reply.created and i.contact_sla_hours == 72
+    assert reply.api_key.startswith("fmk_") and len(reply.api_key) > 40
     assert i.lead_topic == topics.lead_topic(f"icbc-{run}").name
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -343,7 +352,7 @@ async def test_register_institution_creates_its_lead_topic(stubs: Stubs, bootstr
 
     again = await stubs.institutions.RegisterInstitution(inst.RegisterInstitutionRequest(institution=inst.Institution(
         institution_id=f"icbc-{run}", name="ICBC Xiamen", type=inst.INSTITUTION_TYPE_BANK, regions_served=["35"])))
-    assert not again.created and again.institution == i
+    assert not again.created and again.institution == i and again.api_key == ""  # the key is shown once
     got = await stubs.institutions.GetInstitution(inst.GetInstitutionRequest(institution_id=f"icbc-{run}"))
     assert got.institution == i
 
