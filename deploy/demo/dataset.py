@@ -208,7 +208,7 @@ class ProductTemplate:
 
 SRDI_ANY = Requirement("enterprise.srdi_tier", "in", ("INNOVATIVE_SME", "PROVINCIAL", "LITTLE_GIANT"))
 HIGH_TECH = Requirement("enterprise.high_tech", "eq", ("true",))
-FIRST_TIME = Requirement("enterprise.has_borrowed", "eq", ("false",))
+FIRST_TIME = Requirement("enterprise.first_time_borrower", "eq", ("true",))
 GOOD_TAX = Requirement("enterprise.tax_credit_grade", "in", ("A", "B"))
 THREE_YEARS = Requirement("enterprise.years_in_business", "gte", ("3",), critical=False)
 
@@ -451,7 +451,7 @@ def enterprise_value(e: ent.Enterprise, field: str, *, year: int = 2026) -> str:
     return {
         "enterprise.srdi_tier": TIER_NAMES.get(e.srdi_tier, ""),
         "enterprise.high_tech": str(e.high_tech).lower(),
-        "enterprise.has_borrowed": str(e.has_borrowed).lower(),
+        "enterprise.first_time_borrower": str(not e.has_borrowed).lower(),
         "enterprise.tax_credit_grade": e.tax_credit_grade,
         "enterprise.years_in_business": str(year - e.founded_year),
     }.get(field, "")

@@ -121,3 +121,11 @@ def test_demands_are_valid_and_most_fit_some_product(data: ds.Dataset) -> None:
         assert len(set(d.collateral_offered)) == len(d.collateral_offered) >= 1
     share = sum(map(fits_some_product, demands)) / len(demands)
     assert share > 0.8, share
+
+
+def test_every_demo_product_passes_the_catalogs_validation() -> None:
+    """The demo loads its products through the catalog: each must be one the matcher accepts."""
+    from services.matcher import handlers
+
+    for product in ds.build(ds.DEFAULT_SEED).products:
+        handlers.prepare(product)  # raises ValidationFailed naming the field
