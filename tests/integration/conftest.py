@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import ModuleType
 
 import asyncpg
 import pytest
 
 from meshkit import topics
 from meshkit.kafka import ensure_topics
+from meshkit.lifecycle import Runtime
+from meshkit.settings import ServiceSettings
 
 
 def with_database(uri: str, name: str) -> str:
@@ -27,6 +32,30 @@ async def database_url(postgres_uri: str) -> str:
     finally:
         await conn.close()
     return with_database(postgres_uri, name)
+
+
+@asynccontextmanager
+async def running_service(name: str, app: ModuleType, database_url: str, bootstrap: str) -> AsyncIterator[Runtime]:
+    """A service (``app`` = its ``services.<name>.app`` module) running in-process, SERVING, with a
+    unique service name so that its consumer groups are its own."""
+    settings = ServiceSettings(
+        service_name=f"{name}-t{uuid.uuid4().hex[:8]}", kafka_bootstrap_servers=bootstrap,
+        database_url=database_url, grpc_port=0, metrics_port=0, shutdown_grace_seconds=2.0,
+    )
+    rt = Runtime(settings, schema=app.SCHEMA, migrations=app.MIGRATIONS)
+    await rt.open()
+    await app.build(rt)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+@pytest.fixture(scope="session")
+def service_runtime() -> Callable[[str, ModuleType, str, str], AbstractAsyncContextManager[Runtime]]:
+    """:func:`running_service`, for test modules' own fixtures."""
+    return running_service
 
 
 @pytest.fixture(scope="session")

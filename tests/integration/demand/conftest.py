@@ -15,23 +15,14 @@ from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
 from finmesh.lead.v1 import lead_pb2_grpc as lead_grpc
 from meshkit.kafka import make_producer
 from meshkit.lifecycle import Runtime
-from meshkit.settings import ServiceSettings
-from services.demand.app import MIGRATIONS, SCHEMA, build
+from services.demand import app
 
 
 @pytest.fixture(scope="module")
-async def demand_rt(database_url: str, bootstrap: str) -> AsyncIterator[Runtime]:
+async def demand_rt(database_url: str, bootstrap: str, service_runtime) -> AsyncIterator[Runtime]:
     """The demand service, SERVING (its consumers have their partitions), in its own consumer groups."""
-    settings = ServiceSettings(
-        service_name=f"demand-t{uuid.uuid4().hex[:8]}", kafka_bootstrap_servers=bootstrap,
-        database_url=database_url, grpc_port=0, metrics_port=0, shutdown_grace_seconds=2.0,
-    )
-    rt = Runtime(settings, schema=SCHEMA, migrations=MIGRATIONS)
-    await rt.open()
-    await build(rt)
-    await rt.start()
-    yield rt
-    await rt.stop()
+    async with service_runtime("demand", app, database_url, bootstrap) as rt:
+        yield rt
 
 
 @dataclass

@@ -6,15 +6,12 @@ withdrawal, and the queries."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -30,89 +27,16 @@ from finmesh.lead.v1 import lead_pb2 as ld
 from finmesh.matching.v1 import events_pb2 as matching
 from meshkit import codec, ids, topics
 from meshkit.grpcserver import field_violations
-from services.demand.domain import uscc_check_char
 
 if TYPE_CHECKING:
     from .conftest import Stubs
 
+from demand_support import (  # noqa: I001 - the test folder's own helpers
+    WAN, demand_request, enterprise, eventually, headers, new_uscc, read_topic, registered, rpc_error,
+    submit,
+)
+
 pytestmark = pytest.mark.integration
-
-YUAN = 100
-WAN = 10_000 * YUAN
-
-
-def new_uscc(region: str = "350200") -> str:
-    first17 = f"91{region}MA{uuid.uuid4().int % 10**7:07d}"
-    return first17 + uscc_check_char(first17)
-
-
-def enterprise(uscc: str, **kw: object) -> ent.Enterprise:
-    base = dict(uscc=uscc, name="Xiamen Precision Tools Co.", region_code="350200", city="Xiamen",
-                industry_code="C3421", key_industry=fin.KEY_INDUSTRY_INTELLIGENT_EQUIPMENT,
-                size=fin.ENTERPRISE_SIZE_SMALL, srdi_tier=fin.SRDI_TIER_PROVINCIAL, founded_year=2012,
-                annual_revenue_fen=8_000 * WAN, employees=120, tax_credit_grade="A")
-    base.update(kw)
-    return ent.Enterprise(**base)
-
-
-def demand_request(uscc: str, **kw: object) -> dm.DemandRequest:
-    base = dict(enterprise_uscc=uscc, amount_fen=500 * WAN, least_acceptable_amount_fen=300 * WAN,
-                term_months=24, max_rate_bps=450, loan_category=fin.LOAN_CATEGORY_EQUIPMENT,
-                purpose=dm.PURPOSE_EQUIPMENT_RENEWAL, collateral_offered=[fin.COLLATERAL_EQUIPMENT],
-                consent_to_share=True)
-    base.update(kw)
-    return dm.DemandRequest(**base)
-
-
-async def registered(stubs: Stubs, **kw: object) -> str:
-    uscc = new_uscc()
-    await stubs.enterprises.RegisterEnterprise(ent.RegisterEnterpriseRequest(enterprise=enterprise(uscc, **kw)))
-    return uscc
-
-
-async def submit(stubs: Stubs, uscc: str, **kw: object) -> dm.Demand:
-    reply = await stubs.demands.SubmitDemand(dm.SubmitDemandRequest(request_id=f"req-{uuid.uuid4()}",
-                                                                    demand=demand_request(uscc, **kw)))
-    return reply.demand
-
-
-async def read_topic(bootstrap: str, topic: str, done: Callable[[list[ConsumerRecord]], bool],
-                     keep: Callable[[ConsumerRecord], bool], timeout: float = 15.0,
-                     linger: float = 0.0) -> list[ConsumerRecord]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"t-{uuid.uuid4().hex}",
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    found: list[ConsumerRecord] = []
-    try:
-        deadline = time.monotonic() + timeout
-        finish: float | None = None
-        while time.monotonic() < (finish or deadline):
-            batch = await consumer.getmany(timeout_ms=200)
-            found += [r for records in batch.values() for r in records if keep(r)]
-            if finish is None and done(found):
-                finish = time.monotonic() + linger
-        return found
-    finally:
-        await consumer.stop()
-
-
-async def eventually(fn: Callable, ok: Callable, timeout: float = 15.0):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fn()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
-
-
-def headers(r: ConsumerRecord) -> dict[str, str]:
-    return {k: v.decode(errors="replace") for k, v in r.headers or ()}
-
-
-async def rpc_error(call) -> grpc.aio.AioRpcError:  # noqa: ANN001
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    return info.value
 
 
 async def get(stubs: Stubs, demand_id: str) -> dm.Demand:

@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dm
 from finmesh.demand.v1 import events_pb2 as dm_events
 from finmesh.enterprise.v1 import enterprise_pb2 as ent
@@ -26,79 +23,15 @@ from meshkit import codec, ids, topics
 from meshkit.grpcserver import field_violations
 from meshkit.lifecycle import Runtime
 from meshkit.topics import MAX_MESSAGE_BYTES
-from services.demand.domain import uscc_check_char
 
 if TYPE_CHECKING:
     from .conftest import Stubs
 
+from demand_support import (  # noqa: I001 - the test folder's own helpers
+    YUAN, demand_request, enterprise, eventually, headers, new_uscc, read_topic, registered,
+)
+
 pytestmark = pytest.mark.integration
-
-YUAN = 100
-
-
-def new_uscc() -> str:
-    first17 = f"91350200MA{uuid.uuid4().int % 10**7:07d}"
-    return first17 + uscc_check_char(first17)
-
-
-def enterprise(uscc: str, **kw: object) -> ent.Enterprise:
-    base = dict(uscc=uscc, name="Xiamen Precision Tools Co.", region_code="350200", city="Xiamen",
-                industry_code="C3421", key_industry=fin.KEY_INDUSTRY_INTELLIGENT_EQUIPMENT,
-                size=fin.ENTERPRISE_SIZE_SMALL, srdi_tier=fin.SRDI_TIER_PROVINCIAL, founded_year=2012,
-                annual_revenue_fen=80_000_000 * YUAN, employees=120, tax_credit_grade="A")
-    base.update(kw)
-    return ent.Enterprise(**base)
-
-
-def demand_request(uscc: str, **kw: object) -> dm.DemandRequest:
-    base = dict(enterprise_uscc=uscc, amount_fen=5_000_000 * YUAN, least_acceptable_amount_fen=3_000_000 * YUAN,
-                term_months=24, max_rate_bps=450, loan_category=fin.LOAN_CATEGORY_EQUIPMENT,
-                purpose=dm.PURPOSE_EQUIPMENT_RENEWAL, collateral_offered=[fin.COLLATERAL_EQUIPMENT],
-                consent_to_share=True)
-    base.update(kw)
-    return dm.DemandRequest(**base)
-
-
-async def registered(stubs: Stubs) -> str:
-    uscc = new_uscc()
-    await stubs.enterprises.RegisterEnterprise(ent.RegisterEnterpriseRequest(enterprise=enterprise(uscc)))
-    return uscc
-
-
-async def read_topic(bootstrap: str, topic: str, done: Callable[[list[ConsumerRecord]], bool],
-                     keep: Callable[[ConsumerRecord], bool], timeout: float = 15.0,
-                     linger: float = 0.0) -> list[ConsumerRecord]:
-    """Records of ``topic`` (from the beginning) for which ``keep`` holds, once ``done`` says enough
-    (then ``linger`` seconds more, to catch duplicates)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"t-{uuid.uuid4().hex}",
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
-    await consumer.start()
-    found: list[ConsumerRecord] = []
-    try:
-        deadline = time.monotonic() + timeout
-        finish: float | None = None
-        while time.monotonic() < (finish or deadline):
-            batch = await consumer.getmany(timeout_ms=200)
-            found += [r for records in batch.values() for r in records if keep(r)]
-            if finish is None and done(found):
-                finish = time.monotonic() + linger
-        return found
-    finally:
-        await consumer.stop()
-
-
-async def eventually(fn: Callable, ok: Callable, timeout: float = 15.0):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fn()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
-
-
-def headers(r: ConsumerRecord) -> dict[str, str]:
-    return {k: v.decode(errors="replace") for k, v in r.headers or ()}
 
 
 # -- gRPC intake ------------------------------------------------------------------------------------------
