@@ -8,24 +8,12 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from matcher_builders import YUAN, product  # the test folder's own builders
 
 from meshkit.errors import ValidationFailed
 from meshkit.topics import valid_institution_id
 from services.matcher import domain
 from services.matcher.domain import Demand, Enterprise, OpenDemand, Product, Requirement, Verdict
-
-YUAN = 100
-
-
-def product(pid: str, inst: str = "bank-a", **kw: object) -> Product:
-    fields: dict[str, object] = dict(
-        product_id=pid, institution_id=inst, name=f"Loan {pid}", product_type="LOAN", loan_category="CREDIT",
-        amount_min_fen=100_000 * YUAN, amount_max_fen=10_000_000 * YUAN, term_min_months=6, term_max_months=60,
-        rate_min_bps=350, rate_max_bps=450, status="ACTIVE", version=1,
-    )
-    fields.update(kw)
-    return Product(**fields)  # type: ignore[arg-type]
-
 
 ACME = Enterprise(uscc="91350200MA2XYZ1234", region_code="350203", key_industry="AEROSPACE", size="SMALL",
                   srdi_tier="PROVINCIAL", high_tech=True, founded_year=2020, has_borrowed=False,
