@@ -22,6 +22,7 @@ from finmesh.enterprise.v1 import events_pb2 as enterprise_events
 from finmesh.institution.v1 import events_pb2 as institution_events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching_events
+from finmesh.roadshow.v1 import events_pb2 as roadshow_events
 
 DAY_MS = 24 * 3600 * 1000
 MAX_MESSAGE_BYTES = 1024 * 1024  # our own limit for any payload (1 MiB)
@@ -217,6 +218,28 @@ LEAD_OUTCOMES = TopicSpec(
                 "disbursed, declined); the inbound twin of LeadService.ReportLeadOutcome.",
     dead_letter=LEAD_OUTCOMES_DLQ,
 )
+ROADSHOW_NOTICES_DLQ = _dlq("roadshow.notice-issued.v1", owner="notifier")
+ROADSHOW_NOTICES = TopicSpec(
+    name="roadshow.notice-issued.v1",
+    message=roadshow_events.RoadshowNotice,
+    key_field="recipient_id",
+    owner="roadshow",
+    consumers=("notifier",),
+    partitions=3,
+    description="What roadshow participants are told: invitations, applications, selection, intents.",
+    dead_letter=ROADSHOW_NOTICES_DLQ,
+)
+ROADSHOW_INTENTS_DLQ = _dlq("roadshow.intent-recorded.v1", owner="demand")
+ROADSHOW_INTENTS = TopicSpec(
+    name="roadshow.intent-recorded.v1",
+    message=roadshow_events.IntentRecorded,
+    key_field="enterprise_uscc",
+    owner="roadshow",
+    consumers=("demand",),
+    partitions=3,
+    description="Investors' intents recorded at roadshows; each becomes a lead for the investor (origin ROADSHOW).",
+    dead_letter=ROADSHOW_INTENTS_DLQ,
+)
 
 REGISTRY: tuple[TopicSpec, ...] = (
     PORTAL_DEMANDS,
@@ -239,6 +262,10 @@ REGISTRY: tuple[TopicSpec, ...] = (
     LEAD_STATUS_CHANGED_DLQ,
     LEAD_OUTCOMES,
     LEAD_OUTCOMES_DLQ,
+    ROADSHOW_NOTICES,
+    ROADSHOW_NOTICES_DLQ,
+    ROADSHOW_INTENTS,
+    ROADSHOW_INTENTS_DLQ,
 )
 
 _INSTITUTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
