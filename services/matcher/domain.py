@@ -1139,6 +1139,7 @@ class CatalogView:
     _by_term: dict[tuple[str, int], list[Product]] | None = None
     _stale: int = 0  # index entries of versions since replaced (skipped at lookup; rebuilt when many)
     _cap: tuple[object, int] | None = None
+    active_count: int = 0  # kept as products change, so reading it costs nothing
 
     def apply(self, product: Product) -> bool:
         current = self._products.get(product.product_id)
@@ -1146,8 +1147,10 @@ class CatalogView:
             if current.version >= product.version:
                 return False
             self._checksum ^= row_hash(current.product_id, current.version)
+            self.active_count -= current.status == ACTIVE
         self._products[product.product_id] = product
         self._checksum ^= row_hash(product.product_id, product.version)
+        self.active_count += product.status == ACTIVE
         self._active = None
         if self._index is not None:
             if current is not None and current.status == ACTIVE:

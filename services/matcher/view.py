@@ -58,7 +58,7 @@ class LiveCatalog:
         p = mapping.product_from_proto(product)
         changed = self.view.apply(p)
         if changed:
-            self.metrics.catalog_products.set(len(self.view.active()))
+            self.metrics.catalog_products.set(self.view.active_count)
             if self.on_change is not None and self.loaded.is_set():
                 self.on_change(p)
         return changed
@@ -87,10 +87,10 @@ class LiveCatalog:
             self.apply(catalog.Product.FromString(raw))
         for tp in tps:
             consumer.seek(tp, ends[tp])
-        self.metrics.catalog_products.set(len(self.view.active()))
+        self.metrics.catalog_products.set(self.view.active_count)
         self.loaded.set()
         self.load_seconds = asyncio.get_running_loop().time() - began
-        logger.info("catalog loaded", products=len(self.view), active=len(self.view.active()),
+        logger.info("catalog loaded", products=len(self.view), active=self.view.active_count,
                     seconds=round(self.load_seconds, 3))
 
     async def follow(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from matcher_builders import YUAN, product  # the test folder's own builders
 
 from meshkit.errors import ValidationFailed
@@ -177,3 +179,12 @@ def test_view_applies_only_newer_versions_and_keeps_its_checksum() -> None:
     fresh.apply(product("q", version=3))
     fresh.apply(replace(v2))
     assert fresh.checksum == view.checksum
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcde"), st.integers(1, 4), st.booleans()), max_size=40))
+def test_the_views_active_count_is_always_its_number_of_active_products(changes: list) -> None:
+    view = domain.CatalogView()
+    for product_id, version, active in changes:
+        view.apply(product(product_id, version=version, status="ACTIVE" if active else "RETIRED"))
+        assert view.active_count == len(view.active())
