@@ -33,13 +33,15 @@ Handler = Callable[[codec.Envelope], Awaitable[None]]
 BatchHandler = Callable[[list[codec.Envelope]], Awaitable[None]]
 
 
-async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
-    """Create the topics of ``specs`` that do not exist yet, with their partitions and configs."""
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
+                        existing: set[str] | None = None) -> list[str]:
+    """Create the topics of ``specs`` that do not exist yet, with their partitions and configs
+    (``existing``: the topics known to exist, to skip listing the cluster's topics)."""
     specs = list(specs)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await asyncio.wait_for(admin.start(), timeout)
     try:
-        existing = set(await admin.list_topics())
+        existing = existing if existing is not None else set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         created = []
         for spec in missing:
@@ -51,6 +53,16 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: flo
             except TopicAlreadyExistsError:
                 pass
         return created
+    finally:
+        await admin.close()
+
+
+async def list_topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
+    """The names of every topic on the cluster."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        return set(await admin.list_topics())
     finally:
         await admin.close()
 

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 
 from meshkit import codec, log
-from meshkit.kafka import ensure_topics, make_producer
+from meshkit.kafka import ensure_topics, list_topics, make_producer
 from meshkit.metrics import Metrics
 from meshkit.topics import TopicSpec, spec_for
 
@@ -126,6 +126,7 @@ class OutboxRelay:
             await conn.add_listener(channel(self.schema), lambda *_: self._wake.set())
             producer = make_producer(self.bootstrap, f"{self.service}-outbox", linger_ms=0)
             await asyncio.wait_for(producer.start(), self.send_timeout)
+            await self._learn_all(producer)
             while True:
                 published = await self._pass(conn, producer)
                 if published == 0:
@@ -140,6 +141,23 @@ class OutboxRelay:
                     pass
             await conn.close(timeout=5)
 
+    async def _learn_all(self, producer: AIOKafkaProducer) -> None:
+        """Have the producer track every topic of the cluster, in one metadata request.
+
+        An aiokafka producer that meets a topic it does not track fetches the metadata of every
+        topic it tracks; meeting thousands of lead topics one by one would cost quadratic time.
+        """
+        existing = await list_topics(self.bootstrap, self.send_timeout)
+        self._known_topics = existing
+        await asyncio.wait_for(producer.client.set_topics(existing), self.send_timeout)
+
+    async def _learn(self, producer: AIOKafkaProducer, new_topics: set[str]) -> None:
+        """Create the topics of a pass that do not exist yet, and track them all at once."""
+        await ensure_topics(self.bootstrap, [spec_for(t) for t in new_topics], self.send_timeout,
+                            existing=self._known_topics)
+        self._known_topics |= new_topics
+        await asyncio.wait_for(producer.client.set_topics(self._known_topics), self.send_timeout)
+
     async def _pass(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
         rows = await conn.fetch(
             "SELECT id, event_id, topic, key, payload, event_type, occurred_at FROM outbox ORDER BY id LIMIT $1",
@@ -151,8 +169,7 @@ class OutboxRelay:
             return 0
         new_topics = {r["topic"] for r in rows} - self._known_topics
         if new_topics:
-            await ensure_topics(self.bootstrap, [spec_for(t) for t in new_topics])
-            self._known_topics |= new_topics
+            await self._learn(producer, new_topics)
         async def send_all() -> None:
             futures = []
             for r in rows:
