@@ -21,6 +21,16 @@ def lead_id(demand_id: str, product_id: str) -> str:
     return stable_id("lead", demand_id, product_id)
 
 
+def roadshow_demand_id(intent_id: str) -> str:
+    """The demand the demand service makes of a roadshow intent (channel ROADSHOW, keyed by the intent)."""
+    return demand_id("roadshow", intent_id)
+
+
+def roadshow_lead_id(intent_id: str) -> str:
+    """The one lead of that demand: for the investor who recorded the intent."""
+    return lead_id(roadshow_demand_id(intent_id), "roadshow")
+
+
 def event_id(kind: str, *parts: str) -> str:
     """The id of an event that announces a deterministic fact (e.g. 'lead issued')."""
     return stable_id(f"event:{kind}", *parts)

@@ -35,9 +35,10 @@ BatchHandler = Callable[[list[codec.Envelope]], Awaitable[None]]
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
                         existing: set[str] | None = None) -> list[str]:
-    """Create the topics of ``specs`` that do not exist yet, with their partitions and configs
-    (``existing``: the topics known to exist, to skip listing the cluster's topics)."""
+    """Create the topics of ``specs`` and their dead-letter topics that do not exist yet, with their
+    partitions and configs (``existing``: the topics known to exist, to skip listing the cluster's)."""
     specs = list(specs)
+    specs += [s.dead_letter for s in specs if s.dead_letter is not None and s.dead_letter not in specs]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await asyncio.wait_for(admin.start(), timeout)
     try:

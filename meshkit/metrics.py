@@ -88,6 +88,38 @@ class Metrics:
             "finmesh_notifications_total", "Notifications recorded, by recipient kind and kind.",
             ["recipient_kind", "kind"], registry=r,
         )
+        # Notifier: duplicates suppressed, webhook deliveries, contact clocks
+        self.notifications_duplicate = Counter(
+            "finmesh_notifications_duplicate_total", "Notifications not recorded again (a replayed event), by kind.",
+            ["kind"], registry=r,
+        )
+        self.deliveries = Counter(
+            "finmesh_webhook_deliveries_total",
+            "Webhook delivery outcomes, by kind (delivered, retry, dead) and notification kind.",
+            ["outcome", "kind"], registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "finmesh_webhook_delivery_latency_seconds",
+            "Time from a delivery's creation to the webhook's 2xx answer (retries included).",
+            buckets=LATENCY_BUCKETS + (30.0, 60.0, 300.0, 1800.0), registry=r,
+        )
+        self.webhook_failures = Counter(
+            "finmesh_webhook_failures_total", "Failed webhook attempts, by reason (http_<status>, timeout, error).",
+            ["reason"], registry=r,
+        )
+        self.clocks_open = Gauge("finmesh_lead_clocks_open", "Contact clocks running.", registry=r)
+        self.clock_reminders = Counter(
+            "finmesh_lead_clock_reminders_total", "Reminders sent at two-thirds of the contact SLA.",
+            ["institution"], registry=r,
+        )
+        self.clock_breaches = Counter(
+            "finmesh_lead_sla_breaches_total", "Leads whose contact deadline passed (escalated, re-routed).",
+            ["institution"], registry=r,
+        )
+        self.time_to_first_contact = Histogram(
+            "finmesh_lead_time_to_first_contact_seconds", "Time from a lead's delivery to its first contact.",
+            ["institution"], buckets=tuple(h * 3600.0 for h in (1, 4, 8, 24, 48, 72, 96, 168, 336)), registry=r,
+        )
         self.ready = Gauge("finmesh_ready", "1 when the service reports SERVING.", ["service"], registry=r)
         # Platform statistics (all time), refreshed periodically by the demand service
         self.platform_enterprises = Gauge(
@@ -126,6 +158,28 @@ class Metrics:
         self.platform_yoy_growth = Gauge(
             "finmesh_platform_yoy_growth_bps", "Growth against a year earlier (basis points; NaN: nothing then).",
             ["figure"], registry=r,
+        )
+
+        # Roadshows (all time), refreshed periodically by the roadshow service
+        self.roadshow_applicants = Gauge(
+            "finmesh_roadshow_applicants", "Roadshow applications not refused.", registry=r
+        )
+        self.roadshow_presenters = Gauge("finmesh_roadshow_presenters", "Roadshow presenters selected.", registry=r)
+        self.roadshow_investors = Gauge(
+            "finmesh_roadshow_investors", "Investor registrations to attend roadshows.", registry=r
+        )
+        self.roadshow_intents = Gauge("finmesh_roadshow_intents", "Investors' intents recorded at roadshows.",
+                                      registry=r)
+        self.roadshow_intended_amount = Gauge(
+            "finmesh_roadshow_intended_amount_fen", "Amount of the intents recorded at roadshows.", registry=r
+        )
+        self.roadshow_approved_amount = Gauge(
+            "finmesh_roadshow_approved_amount_fen", "Amount offered on the leads made of roadshow intents.",
+            registry=r,
+        )
+        self.roadshow_granted_amount = Gauge(
+            "finmesh_roadshow_granted_amount_fen", "Amount disbursed on the leads made of roadshow intents.",
+            registry=r,
         )
 
 

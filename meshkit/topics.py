@@ -141,13 +141,13 @@ DEMANDS_MATCHED = TopicSpec(
     description="The outcome of matching a demand: its leads, or why there are none.",
     dead_letter=DEMANDS_MATCHED_DLQ,
 )
-LEAD_SLA_BREACHED_DLQ = _dlq("notifier.lead-sla-breached.v1", owner="matcher")
+LEAD_SLA_BREACHED_DLQ = _dlq("notifier.lead-sla-breached.v1", owner="matcher, demand")
 LEAD_SLA_BREACHED = TopicSpec(
     name="notifier.lead-sla-breached.v1",
     message=matching_events.LeadSlaBreached,
     key_field="demand_id",
     owner="notifier",
-    consumers=("matcher",),
+    consumers=("matcher", "demand"),
     partitions=6,
     description="A lead's contact clock ran out; the matcher re-routes the demand to its next-best institution.",
     dead_letter=LEAD_SLA_BREACHED_DLQ,
@@ -161,46 +161,50 @@ LEADS = TopicSpec(
     partitions=3,
     description="One topic per institution: its leads, with the demand data it needs to work them.",
 )
+ENTERPRISES_CHANGED_DLQ = _dlq("demand.enterprise-changed.v1", owner="roadshow")
 ENTERPRISES_CHANGED = TopicSpec(
     name="demand.enterprise-changed.v1",
     message=enterprise_events.EnterpriseChanged,
     key_field="enterprise.uscc",
     owner="demand",
-    consumers=("read models",),
+    consumers=("roadshow", "read models"),
     partitions=3,
     compacted=True,
     retention_ms=-1,
     description="Every enterprise as registered or changed, latest version per USCC (compacted).",
+    dead_letter=ENTERPRISES_CHANGED_DLQ,
 )
+INSTITUTIONS_CHANGED_DLQ = _dlq("demand.institution-changed.v1", owner="notifier, roadshow")
 INSTITUTIONS_CHANGED = TopicSpec(
     name="demand.institution-changed.v1",
     message=institution_events.InstitutionChanged,
     key_field="institution.institution_id",
     owner="demand",
-    consumers=("read models",),
+    consumers=("notifier", "roadshow", "read models"),
     partitions=3,
     compacted=True,
     retention_ms=-1,
     description="Every institution as registered or changed, latest version per institution id (compacted).",
+    dead_letter=INSTITUTIONS_CHANGED_DLQ,
 )
-DEMAND_STATUS_CHANGED_DLQ = _dlq("demand.demand-status-changed.v1", owner="matcher")
+DEMAND_STATUS_CHANGED_DLQ = _dlq("demand.demand-status-changed.v1", owner="matcher, notifier, roadshow")
 DEMAND_STATUS_CHANGED = TopicSpec(
     name="demand.demand-status-changed.v1",
     message=demand_events.DemandStatusChanged,
     key_field="demand_id",
     owner="demand",
-    consumers=("matcher", "read models"),
+    consumers=("matcher", "notifier", "roadshow", "read models"),
     partitions=6,
     description="Every status change of every demand, with time, actor and reason, in order per demand.",
     dead_letter=DEMAND_STATUS_CHANGED_DLQ,
 )
-LEAD_STATUS_CHANGED_DLQ = _dlq("demand.lead-status-changed.v1", owner="matcher")
+LEAD_STATUS_CHANGED_DLQ = _dlq("demand.lead-status-changed.v1", owner="matcher, notifier, roadshow")
 LEAD_STATUS_CHANGED = TopicSpec(
     name="demand.lead-status-changed.v1",
     message=lead_events.LeadStatusChanged,
     key_field="lead.demand_id",
     owner="demand",
-    consumers=("matcher", "read models"),
+    consumers=("matcher", "notifier", "roadshow", "read models"),
     partitions=6,
     description="Every status change of every lead with its outcome (offer, disbursement, decline); "
                 "keyed by demand id, so a demand's leads stay in order.",
@@ -255,7 +259,9 @@ REGISTRY: tuple[TopicSpec, ...] = (
     LEAD_SLA_BREACHED_DLQ,
     LEADS,
     ENTERPRISES_CHANGED,
+    ENTERPRISES_CHANGED_DLQ,
     INSTITUTIONS_CHANGED,
+    INSTITUTIONS_CHANGED_DLQ,
     DEMAND_STATUS_CHANGED,
     DEMAND_STATUS_CHANGED_DLQ,
     LEAD_STATUS_CHANGED,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from finmesh.demand.v1 import demand_pb2 as dpb
@@ -25,15 +27,18 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The topics this service reads or writes (created if missing, so it can start on a bare broker).
 TOPICS = (topics.PORTAL_DEMANDS, topics.PORTAL_DEMANDS_DLQ, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED,
           topics.ENTERPRISES_CHANGED, topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED,
-          topics.LEAD_STATUS_CHANGED, topics.LEAD_OUTCOMES, topics.LEAD_OUTCOMES_DLQ)
+          topics.LEAD_STATUS_CHANGED, topics.LEAD_OUTCOMES, topics.LEAD_OUTCOMES_DLQ,
+          topics.LEAD_SLA_BREACHED, topics.LEAD_SLA_BREACHED_DLQ, topics.ROADSHOW_INTENTS,
+          topics.ROADSHOW_INTENTS_DLQ)
 EXPIRY_INTERVAL_SECONDS = 30.0
 
 
-async def build(rt: Runtime) -> None:
+async def build(rt: Runtime, *, clock: Callable[[], datetime] | None = None) -> None:
+    """``clock`` is injectable (tests move time for every service at once)."""
     bootstrap = rt.settings.kafka_bootstrap_servers
     await ensure_topics(bootstrap, TOPICS)
     ref = reference.load()
-    demands = Demands(rt.pool, rt.metrics, schema=SCHEMA)
+    demands = Demands(rt.pool, rt.metrics, schema=SCHEMA, **({'clock': clock} if clock else {}))
     institutions = Institutions(rt.pool, bootstrap, ref, schema=SCHEMA)
     rt.grpc.add(epb_grpc.add_EnterpriseServiceServicer_to_server,
                 EnterpriseApi(Enterprises(rt.pool, ref, schema=SCHEMA)),
@@ -48,5 +53,7 @@ async def build(rt: Runtime) -> None:
                batch_handler=consumers.portal_intake_batch(demands), max_records=PORTAL_BATCH)
     rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(demands))
     rt.consume(topics.LEAD_OUTCOMES, consumers.lead_outcome_reported(demands))
+    rt.consume(topics.LEAD_SLA_BREACHED, consumers.lead_sla_breached(demands))
+    rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands))
     rt.task(lambda: demands.run_expiry(EXPIRY_INTERVAL_SECONDS))
     stats_api.register(rt)

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from finmesh.demand.v1 import events_pb2 as events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching
+from finmesh.roadshow.v1 import events_pb2 as roadshow_events
 from meshkit.codec import Envelope, PoisonMessage
 from meshkit.errors import DomainError, FailedPrecondition, NotFound, PermissionDenied, ValidationFailed
 from meshkit.kafka import BatchHandler, Handler
+from meshkit.topics import valid_institution_id as topics_valid
 from services.demand import domain as d
 from services.demand import mapping
-from services.demand.service import Demands, Intake, Submission
+from services.demand.service import Demands, Intake, RoadshowIntent, Submission
 
 PORTAL_CHANNELS = (d.Channel.ONLINE_PORTAL, d.Channel.OFFLINE_WINDOW)
 
@@ -106,5 +110,46 @@ def lead_outcome_reported(demands: Demands) -> Handler:
             raise PoisonMessage(f"not found: {err}") from None
         except FailedPrecondition as err:
             raise PoisonMessage(f"failed precondition: {err}") from None
+
+    return handle
+
+
+def lead_sla_breached(demands: Demands) -> Handler:
+    """``LeadSlaBreached`` (notifier) → the lead SLA_BREACHED in its system of record."""
+
+    async def handle(env: Envelope) -> None:
+        msg: matching.LeadSlaBreached = env.message  # type: ignore[assignment]
+        if not msg.lead_id:
+            raise PoisonMessage("invalid breach: lead_id: is required")
+        at = msg.breached_at.ToDatetime(tzinfo=UTC) if msg.HasField("breached_at") else env.occurred_at
+        await demands.record_sla_breach(env.event_id, msg.lead_id, at)
+
+    return handle
+
+
+def roadshow_intent(demands: Demands) -> Handler:
+    """``IntentRecorded`` (roadshow) → a demand of the enterprise (channel ROADSHOW: amount = the
+    intended amount) with one lead for the investor (origin ROADSHOW), once (:meth:`Demands.record_intent`).
+    An intent naming an unknown enterprise or institution, or invalid, is dead-lettered."""
+
+    async def handle(env: Envelope) -> None:
+        msg: roadshow_events.IntentRecorded = env.message  # type: ignore[assignment]
+        instrument = roadshow_events.Instrument.Name(msg.instrument).removeprefix("INSTRUMENT_") \
+            if msg.instrument in roadshow_events.Instrument.values() else str(msg.instrument)
+        request = d.DemandRequest(enterprise_uscc=msg.enterprise_uscc, amount_fen=msg.intended_amount_fen,
+                                  term_months=msg.term_months, purpose=int(msg.purpose), consent_to_share=True)
+        intent = RoadshowIntent(intent_id=msg.intent_id, roadshow_id=msg.roadshow_id,
+                                institution_id=msg.institution_id, request=request,
+                                summary=f"{msg.intended_amount_fen // 100} yuan, {instrument}")
+        if not topics_valid(msg.institution_id):
+            raise PoisonMessage(f"invalid intent: institution_id: {msg.institution_id!r} is not a valid id")
+        try:
+            await demands.record_intent(env.event_id, intent)
+        except ValidationFailed as err:
+            raise PoisonMessage(f"invalid intent: {err}") from None
+        except (NotFound, FailedPrecondition) as err:
+            raise PoisonMessage(str(err)) from None
+        except DomainError as err:  # AlreadyExists: the intent id reused with other content
+            raise PoisonMessage(str(err)) from None
 
     return handle

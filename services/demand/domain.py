@@ -668,11 +668,16 @@ def find_duplicate(request: DemandRequest, channel: Channel, recent: Iterable[Re
     category) that arrived through another channel within :data:`DUPLICATE_WINDOW`, or None.
 
     Within one channel, the channel's idempotency key tells a retry from a new request, so two
-    keys there are two requests. A demand that is over (withdrawn, expired, funded, no match,
-    all declined) does not count either: asking again after it is a new request."""
+    keys there are two requests. A demand made of a roadshow intent (channel ROADSHOW) is an
+    investor's offer, not a request: it neither is nor makes a duplicate. A demand that is over
+    (withdrawn, expired, funded, no match, all declined) does not count either: asking again after
+    it is a new request."""
+    if channel == Channel.ROADSHOW:  # an investor's intent, not the enterprise asking again
+        return None
     same = [
         r for r in recent
-        if r.enterprise_uscc == request.enterprise_uscc and r.amount_fen == request.amount_fen
+        if r.channel != Channel.ROADSHOW
+        and r.enterprise_uscc == request.enterprise_uscc and r.amount_fen == request.amount_fen
         and r.term_months == request.term_months and r.loan_category == request.loan_category
         and r.channel != channel and r.status in LIVE and now - DUPLICATE_WINDOW <= r.submitted_at <= now
     ]
@@ -814,6 +819,20 @@ def deliver(lead: Lead, *, at: datetime, actor: str = "matcher") -> Lead:
         f"matched product {lead.product_id} v{lead.product_version}: score {lead.score}, rank {lead.rank}"),))
     return lead_transition(created, L.DELIVERED, at=at, actor=actor,
                            reason=f"published on the lead topic of {lead.institution_id}")
+
+
+def intent_lead(*, lead_id: str, demand_id: str, institution_id: str, at: datetime, contact_sla_hours: int,
+                roadshow_id: str, intent: str) -> Lead:
+    """The lead an investor's intent at a roadshow makes (origin ROADSHOW, no product, rank 1), as
+    CREATED; :func:`match_outcome` records it delivered, as it does the matcher's."""
+    return Lead(lead_id=lead_id, demand_id=demand_id, institution_id=institution_id, product_id="",
+                product_version=0, origin=ORIGIN_ROADSHOW, score=0, rank=1,
+                explanation=(Criterion("roadshow_intent", intent, f"roadshow {roadshow_id}", 1, 0, False),),
+                rules_version="roadshow", status=L.CREATED, created_at=at,
+                contact_due_at=at + timedelta(hours=contact_sla_hours))
+
+
+ORIGIN_ROADSHOW = 4  # finmesh.lead.v1.LEAD_ORIGIN_ROADSHOW
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from finmesh.demand.v1 import demand_pb2 as dpb
 from finmesh.demand.v1 import events_pb2 as devents
 from finmesh.enterprise.v1 import enterprise_pb2 as epb
@@ -14,21 +10,10 @@ from finmesh.institution.v1 import events_pb2 as ievents
 from finmesh.institution.v1 import institution_pb2 as ipb
 from finmesh.lead.v1 import events_pb2 as levents
 from finmesh.lead.v1 import lead_pb2 as lpb
+from meshkit.pbtime import set_ts, ts_to_dt
 from services.demand import domain as d
 
 # -- timestamps -------------------------------------------------------------------------------------
-
-
-def ts_to_dt(ts: Timestamp) -> datetime | None:
-    """An unset (zero) timestamp is None."""
-    if ts.seconds == 0 and ts.nanos == 0:
-        return None
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def set_ts(ts: Timestamp, at: datetime | None) -> None:
-    if at is not None:
-        ts.FromDatetime(at.astimezone(UTC))
 
 
 # -- enterprises ------------------------------------------------------------------------------------

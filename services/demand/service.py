@@ -21,6 +21,7 @@ import asyncpg
 from google.protobuf.message import Message
 
 from finmesh.demand.v1 import events_pb2 as events
+from finmesh.matching.v1 import events_pb2 as matching
 from meshkit import codec, ids, inbox, log, outbox, topics
 from meshkit.errors import (
     AlreadyExists,
@@ -45,6 +46,7 @@ Event = tuple[topics.TopicSpec, Message, str]  # (topic, message, event id), for
 MATCHED_CONSUMER = "demand-matched"
 INTAKE_ATTEMPTS = 3  # an intake transaction that loses a race for a demand id is run again
 OUTCOME_CONSUMER = "lead-outcome-reported"
+SLA_CONSUMER = "lead-sla-breached"
 
 
 def _require(field_name: str, value: str) -> None:
@@ -255,6 +257,17 @@ class Intake:
 
 
 @dataclass(frozen=True)
+class RoadshowIntent:
+    """An investor's intent recorded at a roadshow (``IntentRecorded``), as the demand it makes."""
+
+    intent_id: str
+    roadshow_id: str
+    institution_id: str
+    request: d.DemandRequest  # the enterprise, the intended amount, term and purpose
+    summary: str  # e.g. "5000000 yuan, EQUITY"
+
+
+@dataclass(frozen=True)
 class Submission:
     intake: Intake
     request: d.DemandRequest
@@ -449,7 +462,7 @@ class Demands:
     @staticmethod
     def _intake_events(x: d.Demand) -> list[Event]:
         out = _status_events(x)
-        if x.status == d.DemandStatus.MATCHING:
+        if x.status == d.DemandStatus.MATCHING and x.channel != d.Channel.ROADSHOW:  # an intent's: not matched
             out.append(_accepted_event(x))
         return out
 
@@ -524,9 +537,10 @@ class Demands:
     # -- the matcher's outcome --------------------------------------------------------------------------------
 
     async def record_match(self, event_id: str, demand_id: str, leads: tuple[d.Lead, ...], explanation: str, *,
-                           additional: bool = False) -> None:
+                           additional: bool = False, actor: str = "matcher", announce: Sequence[Event] = ()) -> None:
         """Store the matcher's leads (DELIVERED) and move the demand to LEADS_ISSUED or NO_MATCH, once
-        per event; leads added later (``additional``) as :func:`domain.match_outcome` says."""
+        per event; leads added later (``additional``) as :func:`domain.match_outcome` says. ``announce``:
+        more events for the same transaction (a roadshow intent's ``LeadIssued``)."""
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             if not await inbox.claim(conn, MATCHED_CONSUMER, event_id):
@@ -536,7 +550,7 @@ class Demands:
                 logger.warning("match outcome for an unknown demand; ignored", demand_id=demand_id)
                 return
             try:
-                outcome = d.match_outcome(head.status, leads, explanation, at=now, additional=additional)
+                outcome = d.match_outcome(head.status, leads, explanation, at=now, additional=additional, actor=actor)
             except FailedPrecondition as err:  # e.g. withdrawn meanwhile: the outcome no longer applies
                 logger.warning("match outcome ignored", demand_id=demand_id, reason=str(err))
                 return
@@ -548,7 +562,32 @@ class Demands:
                                                  no_match_explanation=outcome.no_match_explanation))
                 previous = change.status
             evts += [e for lead in outcome.leads if lead.lead_id in inserted for e in _lead_events(lead)]
-            await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
+            await outbox.append_many(conn, [*evts, *announce], schema=self.schema, occurred_at=now)
+
+    # -- roadshow intents ---------------------------------------------------------------------------------------
+
+    async def record_intent(self, event_id: str, intent: RoadshowIntent) -> d.Demand:
+        """An investor's intent at a roadshow becomes, idempotently, a demand of the enterprise (channel
+        ROADSHOW, id from the intent, not matched: no DemandAccepted) with one lead for the investor
+        (origin ROADSHOW), delivered like the matcher's and published on the investor's lead topic.
+        Through the same paths as any demand (:meth:`intake`) and any lead (:meth:`record_match`)."""
+        institution = await store.get_institution(self.pool, intent.institution_id)
+        if institution is None:
+            raise NotFound(f"no institution with id {intent.institution_id!r}")
+        intake = Intake(channel=d.Channel.ROADSHOW, key=intent.intent_id, actor=f"roadshow:{intent.roadshow_id}",
+                        key_fields=(("intent_id", intent.intent_id),))
+        demand, _ = (await self.intake([Submission(intake, intent.request)]))[0].unwrap()
+        now = self.clock()
+        lead = d.intent_lead(lead_id=ids.roadshow_lead_id(intent.intent_id), demand_id=demand.demand_id,
+                             institution_id=intent.institution_id, at=now,
+                             contact_sla_hours=institution.contact_sla_hours, roadshow_id=intent.roadshow_id,
+                             intent=intent.summary)
+        issued = (topics.lead_topic(intent.institution_id),
+                  matching.LeadIssued(lead=mapping.lead_to_pb(lead), demand=mapping.request_to_pb(demand.request),
+                                      enterprise=mapping.enterprise_to_pb(demand.enterprise)),
+                  ids.event_id("lead-issued", lead.lead_id))
+        await self.record_match(event_id, demand.demand_id, (lead,), "", actor="roadshow", announce=[issued])
+        return demand
 
     # -- institutions' outcomes ---------------------------------------------------------------------------------
 
@@ -592,6 +631,28 @@ class Demands:
                 previous = to
             await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
         return new, True
+
+    async def record_sla_breach(self, event_id: str, lead_id: str, at: datetime) -> bool:
+        """The notifier's ``LeadSlaBreached``: a DELIVERED lead moves to SLA_BREACHED (once per event);
+        a lead that moved on meanwhile (contacted, declined, withdrawn) or is unknown stays as it is."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await inbox.claim(conn, SLA_CONSUMER, event_id):
+                return False
+            owner = await store.lead_owner(conn, lead_id)
+            if owner is None:
+                logger.warning("SLA breach of an unknown lead; ignored", lead_id=lead_id)
+                return False
+            await store.lock_demand(conn, owner[0])  # demand first, then its leads
+            lead = next(x for x in await store.leads_of_demand(conn, owner[0], lock=True) if x.lead_id == lead_id)
+            if lead.status != d.LeadStatus.DELIVERED:
+                return False
+            new = d.lead_transition(lead, d.LeadStatus.SLA_BREACHED, at=at, actor="notifier",
+                                    reason="contact deadline passed; the demand goes to the next-best institution")
+            await store.save_lead_outcome(conn, new)
+            await store.append_lead_history(conn, [(new, len(lead.history))])
+            await outbox.append_many(conn, _lead_events(new, len(lead.history) + 1), schema=self.schema,
+                                     occurred_at=self.clock())
+        return True
 
     # -- queries ----------------------------------------------------------------------------------------------
 

@@ -35,16 +35,18 @@ async def database_url(postgres_uri: str) -> str:
 
 
 @asynccontextmanager
-async def running_service(name: str, app: ModuleType, database_url: str, bootstrap: str) -> AsyncIterator[Runtime]:
+async def running_service(name: str, app: ModuleType, database_url: str, bootstrap: str, *,
+                          service_name: str | None = None, **build_kw: object) -> AsyncIterator[Runtime]:
     """A service (``app`` = its ``services.<name>.app`` module) running in-process, SERVING, with a
-    unique service name so that its consumer groups are its own."""
+    unique service name so that its consumer groups are its own (or ``service_name``: replicas that
+    share groups); ``build_kw`` go to ``app.build`` (e.g. an injected clock)."""
     settings = ServiceSettings(
-        service_name=f"{name}-t{uuid.uuid4().hex[:8]}", kafka_bootstrap_servers=bootstrap,
+        service_name=service_name or f"{name}-t{uuid.uuid4().hex[:8]}", kafka_bootstrap_servers=bootstrap,
         database_url=database_url, grpc_port=0, metrics_port=0, shutdown_grace_seconds=2.0,
     )
     rt = Runtime(settings, schema=app.SCHEMA, migrations=app.MIGRATIONS)
     await rt.open()
-    await app.build(rt)
+    await app.build(rt, **build_kw)
     await rt.start()
     try:
         yield rt
@@ -53,7 +55,7 @@ async def running_service(name: str, app: ModuleType, database_url: str, bootstr
 
 
 @pytest.fixture(scope="session")
-def service_runtime() -> Callable[[str, ModuleType, str, str], AbstractAsyncContextManager[Runtime]]:
+def service_runtime() -> Callable[..., AbstractAsyncContextManager[Runtime]]:
     """:func:`running_service`, for test modules' own fixtures."""
     return running_service
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from waiting import eventually  # noqa: F401 - shared with the test modules that import it from here
 
 from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dm
@@ -80,15 +80,6 @@ async def read_topic(bootstrap: str, topic: str, done: Callable[[list[ConsumerRe
         return found
     finally:
         await consumer.stop()
-
-
-async def eventually(fn: Callable, ok: Callable, timeout: float = 15.0):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fn()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 def headers(r: ConsumerRecord) -> dict[str, str]:
