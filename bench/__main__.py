@@ -4,7 +4,7 @@ import asyncio
 
 from rich.console import Console
 
-from bench import intake, matcher, pipeline
+from bench import intake, matcher, notifier, pipeline
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     asyncio.run(pipeline.measure(console, phases, name="demand_to_lead_latency"))
     asyncio.run(intake.measure(console))  # gRPC and portal-topic intake against do-nothing baselines
     asyncio.run(matcher.measure(console, matcher.defaults()))  # catalog 30k, throughput, latency, reverse join
+    asyncio.run(notifier.measure(console))  # notifications per second, event → webhook latency
 
 
 if __name__ == "__main__":

@@ -4,18 +4,50 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finmesh.notification.v1 import clock_pb2 as cpb
+from finmesh.notification.v1 import clock_pb2_grpc as cpb_grpc
+from finmesh.notification.v1 import delivery_pb2 as dlv
+from finmesh.notification.v1 import delivery_pb2_grpc as dlv_grpc
 from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.notification.v1 import notification_pb2_grpc as pb_grpc
+from meshkit import topics
+from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import Runtime
-from services.notifier.api import NotificationApi
-from services.notifier.consumers import DemandMatchedConsumer
+from services.notifier import consumers
+from services.notifier.api import ContactClockApi, DeliveryApi, NotificationApi
+from services.notifier.clock import Clock, SystemClock
+from services.notifier.delivery import DeliveryWorker
+from services.notifier.domain import RetryPolicy
+from services.notifier.service import Notifier
 
 SCHEMA = "notifier"
 MIGRATIONS = Path(__file__).parent / "migrations"
+TOPICS = (topics.DEMANDS_MATCHED, topics.DEMANDS_MATCHED_DLQ, topics.DEMAND_STATUS_CHANGED,
+          topics.DEMAND_STATUS_CHANGED_DLQ, topics.LEAD_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED_DLQ,
+          topics.ROADSHOW_NOTICES, topics.ROADSHOW_NOTICES_DLQ, topics.INSTITUTIONS_CHANGED,
+          topics.LEAD_SLA_BREACHED)
+CLOCK_TICK_SECONDS = 1.0
 
 
-async def build(rt: Runtime) -> None:
-    matched = DemandMatchedConsumer(rt.pool, rt.metrics, name=f"{rt.service}.demand-matched")
-    rt.consume(matched.spec, matched)
-    rt.grpc.add(pb_grpc.add_NotificationServiceServicer_to_server, NotificationApi(rt.pool),
+async def build(rt: Runtime, *, clock: Clock | None = None, retry: RetryPolicy | None = None,
+                clock_tick_seconds: float = CLOCK_TICK_SECONDS) -> None:
+    """``clock`` and ``retry`` are injectable (tests move time, and retry fast)."""
+    await ensure_topics(rt.settings.kafka_bootstrap_servers, TOPICS)
+    notifier = Notifier(rt.pool, rt.metrics, clock or SystemClock(), schema=SCHEMA)
+    name = rt.service
+    rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(notifier, f"{name}.demand-matched"),
+               batch_handler=consumers.demand_matched_batch(notifier, f"{name}.demand-matched"), max_records=500)
+    rt.consume(topics.DEMAND_STATUS_CHANGED, consumers.demand_status_changed(notifier, f"{name}.demand-status"))
+    rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(notifier, f"{name}.lead-status"))
+    rt.consume(topics.ROADSHOW_NOTICES, consumers.roadshow_notice(notifier, f"{name}.roadshow-notice"))
+    rt.consume(topics.INSTITUTIONS_CHANGED, consumers.institution_changed(notifier))
+    worker = DeliveryWorker(rt.pool, rt.metrics, notifier.clock, notifier.deliveries_due,
+                            policy=retry or RetryPolicy())
+    rt.task(worker.run)
+    rt.task(lambda: notifier.run_clocks(clock_tick_seconds))
+    rt.grpc.add(pb_grpc.add_NotificationServiceServicer_to_server, NotificationApi(rt.pool, notifier),
                 pb.DESCRIPTOR.services_by_name["NotificationService"])
+    rt.grpc.add(dlv_grpc.add_DeliveryServiceServicer_to_server, DeliveryApi(notifier),
+                dlv.DESCRIPTOR.services_by_name["DeliveryService"])
+    rt.grpc.add(cpb_grpc.add_ContactClockServiceServicer_to_server, ContactClockApi(notifier),
+                cpb.DESCRIPTOR.services_by_name["ContactClockService"])

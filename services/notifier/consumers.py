@@ -1,38 +1,101 @@
-"""Kafka consumers of the notifier: thin — decode, claim, delegate to the domain, store."""
+"""Kafka consumers of the notifier: thin — decode, check, delegate to the use cases."""
 
 from __future__ import annotations
 
-import asyncpg
-
+from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.institution.v1 import events_pb2 as institution_events
+from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import codec, inbox, log
-from meshkit.metrics import Metrics
-from meshkit.topics import DEMANDS_MATCHED
-from services.notifier import domain, mapping, store
+from finmesh.roadshow.v1 import events_pb2 as roadshow
+from meshkit import codec, log
+from meshkit.kafka import BatchHandler, Handler
+from services.notifier import domain, mapping
+from services.notifier.service import Notifier
 
 logger = log.get(__name__)
 
 
-class DemandMatchedConsumer:
-    """``matcher.demand-matched.v1`` → a notification for the enterprise and one per institution with a lead."""
+def demand_matched(notifier: Notifier, name: str) -> Handler:
+    """``matcher.demand-matched.v1`` → the enterprise's notice (matched, re-matched or why not) and
+    one per institution with a lead."""
 
-    spec = DEMANDS_MATCHED
-
-    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, name: str = "notifier.demand-matched") -> None:
-        self.pool = pool
-        self.metrics = metrics
-        self.name = name
-
-    async def __call__(self, env: codec.Envelope) -> None:
+    async def handle(env: codec.Envelope) -> None:
         assert isinstance(env.message, matching.DemandMatched)
         outcome = mapping.match_outcome(env.message)
         wrong = domain.problems(outcome)
         if wrong:
             raise codec.PoisonMessage("unusable DemandMatched: " + "; ".join(wrong))
-        notes = domain.for_match(outcome, env.occurred_at)
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await inbox.claim(conn, self.name, env.event_id):
-                return
-            inserted = await store.insert(conn, notes)
-        for n in inserted:
-            self.metrics.notifications.labels(n.recipient_kind.label, n.kind).inc()
+        await notifier.on_match(name, env.event_id, outcome, env.occurred_at)
+
+    return handle
+
+
+def demand_matched_batch(notifier: Notifier, name: str) -> BatchHandler:
+    """The same as :func:`demand_matched` for a whole fetch, in one transaction; an unusable record
+    makes the batch raise PoisonMessage and the consumer falls back to one record at a time."""
+
+    async def handle(envs: list[codec.Envelope]) -> None:
+        items = []
+        for env in envs:
+            outcome = mapping.match_outcome(env.message)  # type: ignore[arg-type]
+            if domain.problems(outcome):
+                raise codec.PoisonMessage("unusable DemandMatched in batch")
+            items.append((env.event_id, outcome, env.occurred_at))
+        await notifier.on_matches(name, items)
+
+    return handle
+
+
+def demand_status_changed(notifier: Notifier, name: str) -> Handler:
+    """``demand.demand-status-changed.v1`` → received, needs info, withdrawn, expired, funded…"""
+
+    async def handle(env: codec.Envelope) -> None:
+        assert isinstance(env.message, demand_events.DemandStatusChanged)
+        change = mapping.demand_change(env.message, env.occurred_at)
+        if not change.demand_id or not change.status:
+            raise codec.PoisonMessage("unusable DemandStatusChanged: demand_id or change.status is empty")
+        await notifier.on_demand_change(name, env.event_id, change)
+
+    return handle
+
+
+def lead_status_changed(notifier: Notifier, name: str) -> Handler:
+    """``demand.lead-status-changed.v1`` → contact clocks started and stopped; outcome notices."""
+
+    async def handle(env: codec.Envelope) -> None:
+        assert isinstance(env.message, lead_events.LeadStatusChanged)
+        change = mapping.lead_change(env.message, env.occurred_at)
+        wrong = domain.lead_change_problems(change)
+        if wrong:
+            raise codec.PoisonMessage("unusable LeadStatusChanged: " + "; ".join(wrong))
+        await notifier.on_lead_change(name, env.event_id, change)
+
+    return handle
+
+
+def roadshow_notice(notifier: Notifier, name: str) -> Handler:
+    """``roadshow.notice-issued.v1`` → a notice in the recipient's inbox (and webhooks for institutions)."""
+
+    async def handle(env: codec.Envelope) -> None:
+        assert isinstance(env.message, roadshow.RoadshowNotice)
+        notice = mapping.roadshow_notice(env.message, env.occurred_at)
+        wrong = domain.notice_problems(notice)
+        if wrong:
+            raise codec.PoisonMessage("unusable RoadshowNotice: " + "; ".join(wrong))
+        await notifier.on_notice(name, env.event_id, notice)
+
+    return handle
+
+
+def institution_changed(notifier: Notifier) -> Handler:
+    """``demand.institution-changed.v1`` (compacted) → the institution's own contact SLA (latest version wins)."""
+
+    async def handle(env: codec.Envelope) -> None:
+        assert isinstance(env.message, institution_events.InstitutionChanged)
+        i = env.message.institution
+        if not i.institution_id:
+            logger.warning("InstitutionChanged without an institution id; ignored")
+            return
+        await notifier.on_institution(i.institution_id, i.contact_sla_hours or domain.DEFAULT_SLA_HOURS, i.version)
+
+    return handle

@@ -7,8 +7,10 @@ recipient, so handling the same fact twice yields the same notification (stored 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntEnum
 
 from meshkit.errors import Violations
@@ -17,7 +19,15 @@ from services.notifier import templates
 
 DEMAND_MATCHED = "demand.matched"
 DEMAND_NO_MATCH = "demand.no_match"
+DEMAND_REMATCHED = "demand.rematched"
+DEMAND_RECEIVED = "demand.received"
+DEMAND_STATUS = "demand.status"
 LEAD_ISSUED = "lead.issued"
+LEAD_OUTCOME = "lead.outcome"
+LEAD_WITHDRAWN = "lead.withdrawn"
+LEAD_REMINDER = "lead.reminder"
+LEAD_ESCALATED = "lead.escalated"
+ROADSHOW_NOTICE = "roadshow.notice"
 
 DEFAULT_SLA_DAYS = 3  # "on average, financial institutions contact enterprises within 3 days"
 
@@ -54,6 +64,8 @@ class MatchOutcome:
     enterprise_uscc: str
     leads: tuple[LeadRef, ...]
     no_match_explanation: str = ""
+    additional: bool = False  # leads added to a demand matched before (a re-match)
+    origin: str = ""  # of the added leads, e.g. "SLA_REROUTE", "REMATCH_AFTER_DECLINE"
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,13 @@ def notification_id(fact: str, kind: RecipientKind, recipient_id: str) -> str:
 
 
 def _compose(fact: str, kind: RecipientKind, recipient_id: str, what: str, at: datetime, *,
-             demand_id: str = "", lead_id: str = "", **fields: object) -> Notification:
+             demand_id: str = "", lead_id: str = "", localized: dict[str, tuple[str, str]] | None = None,
+             **fields: object) -> Notification:
+    """``localized`` holds fields whose value differs by language: name -> (English, Chinese)."""
     fields = {"demand_id": demand_id, "lead_id": lead_id, **fields}
-    title, body = templates.render(what, "en", **fields)
-    title_zh, body_zh = templates.render(what, "zh", **fields)
+    loc = localized or {}
+    title, body = templates.render(what, "en", **fields, **{k: en for k, (en, _) in loc.items()})
+    title_zh, body_zh = templates.render(what, "zh", **fields, **{k: zh for k, (_, zh) in loc.items()})
     return Notification(
         notification_id=notification_id(fact, kind, recipient_id), recipient_kind=kind, recipient_id=recipient_id,
         kind=what, title=title, body=body, title_zh=title_zh, body_zh=body_zh, created_at=at,
@@ -113,7 +128,15 @@ def for_match(outcome: MatchOutcome, at: datetime, *, sla_days: int = DEFAULT_SL
     """
     assert not problems(outcome), problems(outcome)
     notes: list[Notification] = []
-    if outcome.leads:
+    if outcome.leads and outcome.additional:
+        leads_digest = hashlib.sha256("|".join(sorted(lead.lead_id for lead in outcome.leads)).encode()).hexdigest()
+        notes.append(_compose(
+            f"{DEMAND_REMATCHED}:{outcome.demand_id}:{leads_digest[:16]}", RecipientKind.ENTERPRISE,
+            outcome.enterprise_uscc, DEMAND_REMATCHED, at, demand_id=outcome.demand_id,
+            leads=len(outcome.leads), sla_days=sla_days, localized={"reason": ORIGIN_LABELS.get(
+                outcome.origin, ("more products fit", "有更多产品符合条件"))},
+        ))
+    elif outcome.leads:
         leads_digest = hashlib.sha256("|".join(sorted(lead.lead_id for lead in outcome.leads)).encode()).hexdigest()
         notes.append(_compose(
             f"{DEMAND_MATCHED}:{outcome.demand_id}:{leads_digest[:16]}", RecipientKind.ENTERPRISE,
@@ -143,3 +166,335 @@ def validate_query(recipient_kind: int, recipient_id: str) -> None:
         v.add("recipient_kind", "is required: RECIPIENT_KIND_ENTERPRISE or RECIPIENT_KIND_INSTITUTION")
     v.check(bool(recipient_id.strip()), "recipient_id", "is required: a USCC or an institution id")
     v.raise_if_any()
+
+
+# -- more notification kinds ---------------------------------------------------------------------------
+
+ORIGIN_LABELS: dict[str, tuple[str, str]] = {
+    "SLA_REROUTE": ("an institution did not contact you in time", "原机构未按时联系您"),
+    "REMATCH_AFTER_DECLINE": ("after a decline", "原机构已拒绝"),
+    "INSTITUTION_CLAIMED": ("an institution asked for it", "金融机构主动对接"),
+    "INTELLIGENT_MATCH": ("new products fit", "有新产品符合条件"),
+    "ROADSHOW": ("an investor's intent at a roadshow", "路演投资意向"),
+}
+STATUS_LABELS: dict[str, tuple[str, str]] = {
+    "NEEDS_INFO": ("needs more information", "需补充信息"),
+    "WITHDRAWN": ("withdrawn", "已撤回"),
+    "EXPIRED": ("expired", "已过期"),
+    "FUNDED": ("funded", "已获得融资"),
+    "ALL_DECLINED": ("declined by every institution so far", "已被所有机构拒绝"),
+    "CLOSED": ("closed", "已关闭"),
+    "CONTACTED": ("contacted you", "已与您联系"),
+    "UNDER_REVIEW": ("your application is under review", "正在审批"),
+    "APPROVED": ("approved", "已批准"),
+    "DISBURSED": ("disbursed", "已放款"),
+    "DECLINED": ("declined", "已拒绝"),
+    "SLA_BREACHED": ("did not contact you in time; your demand goes to the next institution",
+                     "未按时联系您，您的需求将转给下一家机构"),
+}
+CHANNEL_LABELS: dict[str, tuple[str, str]] = {
+    "ONLINE_PORTAL": ("online portal", "线上门户"), "OFFLINE_WINDOW": ("service window", "线下服务窗口"),
+    "API": ("API", "接口"), "ROADSHOW": ("roadshow", "路演"), "CORE_ENTERPRISE": ("core enterprise", "核心企业"),
+}
+# Demand status changes the enterprise is told about (matching and leads have their own notices).
+DEMAND_STATUSES_NOTIFIED = frozenset({"NEEDS_INFO", "WITHDRAWN", "EXPIRED", "FUNDED", "ALL_DECLINED"})
+# Lead status changes the enterprise is told about.
+LEAD_STATUSES_NOTIFIED = frozenset({"CONTACTED", "UNDER_REVIEW", "APPROVED", "DISBURSED", "DECLINED", "SLA_BREACHED"})
+
+
+def _label(table: dict[str, tuple[str, str]], name: str) -> tuple[str, str]:
+    return table.get(name, (name.lower().replace("_", " "), name))
+
+
+@dataclass(frozen=True)
+class DemandChange:
+    """One status change of a demand (``DemandStatusChanged``)."""
+
+    demand_id: str
+    enterprise_uscc: str
+    status: str  # e.g. "SUBMITTED"
+    seq: int
+    reason: str
+    channel: str
+    at: datetime
+
+
+def for_demand_change(c: DemandChange) -> list[Notification]:
+    """The enterprise's notice for a demand status change it cares about (received, needs info,
+    withdrawn, expired, funded, all declined); nothing for the rest."""
+    if not c.enterprise_uscc:
+        return []
+    fact = f"demand.status:{c.demand_id}:{c.seq}"
+    if c.status == "SUBMITTED" and c.seq == 1:
+        return [_compose(fact, RecipientKind.ENTERPRISE, c.enterprise_uscc, DEMAND_RECEIVED, c.at,
+                         demand_id=c.demand_id, localized={"channel": _label(CHANNEL_LABELS, c.channel)})]
+    if c.status in DEMAND_STATUSES_NOTIFIED:
+        return [_compose(fact, RecipientKind.ENTERPRISE, c.enterprise_uscc, DEMAND_STATUS, c.at,
+                         demand_id=c.demand_id, localized={"status": _label(STATUS_LABELS, c.status),
+                                                           "reason": (c.reason or "-", c.reason or "-")})]
+    return []
+
+
+@dataclass(frozen=True)
+class LeadChange:
+    """One status change of a lead (``LeadStatusChanged``)."""
+
+    lead_id: str
+    demand_id: str
+    institution_id: str
+    product_id: str
+    status: str  # e.g. "DELIVERED"
+    seq: int
+    reason: str
+    at: datetime
+    origin: str = ""
+    contacted_at: datetime | None = None
+
+
+def lead_change_problems(c: LeadChange) -> list[str]:
+    return [f"{name} is empty" for name in ("lead_id", "demand_id", "institution_id", "status")
+            if not getattr(c, name)]
+
+
+def for_lead_change(c: LeadChange, enterprise_uscc: str) -> list[Notification]:
+    """The enterprise hears of each outcome of its leads; the institution of a lead withdrawn."""
+    fact = f"lead.status:{c.lead_id}:{c.seq}"
+    fields = dict(demand_id=c.demand_id, lead_id=c.lead_id, institution_id=c.institution_id,
+                  product_id=c.product_id)
+    notes = []
+    if c.status in LEAD_STATUSES_NOTIFIED and enterprise_uscc:
+        notes.append(_compose(fact, RecipientKind.ENTERPRISE, enterprise_uscc, LEAD_OUTCOME, c.at, **fields,
+                              localized={"status": _label(STATUS_LABELS, c.status),
+                                         "reason": (c.reason or "-", c.reason or "-")}))
+    if c.status == "WITHDRAWN":
+        notes.append(_compose(fact, RecipientKind.INSTITUTION, c.institution_id, LEAD_WITHDRAWN, c.at, **fields,
+                              reason=c.reason or "-"))
+    return notes
+
+
+NOTICE_LABELS: dict[str, tuple[str, str]] = {
+    "INVITED": ("you are invited", "诚邀您参加"),
+    "APPLICATION_RECEIVED": ("your application was received", "您的报名已收到"),
+    "APPLICATION_REFUSED": ("your application was not accepted", "您的报名未通过"),
+    "SELECTED": ("you were selected to present", "您已入选路演"),
+    "NOT_SELECTED": ("you were not selected this time", "您本次未入选"),
+    "INVESTOR_REGISTERED": ("your registration as an investor is confirmed", "投资机构报名已确认"),
+    "INTENT_RECORDED": ("an investment intent was recorded", "投资意向已登记"),
+}
+
+
+@dataclass(frozen=True)
+class RoadshowNotice:
+    notice_id: str
+    roadshow_id: str
+    kind: str  # e.g. "INVITED"
+    recipient_kind: RecipientKind
+    recipient_id: str
+    title: str
+    city: str
+    held_at: datetime | None
+    reason: str
+    issued_at: datetime
+
+
+def notice_problems(n: RoadshowNotice) -> list[str]:
+    out = [f"{name} is empty" for name in ("notice_id", "roadshow_id", "recipient_id") if not getattr(n, name)]
+    if n.recipient_kind not in (RecipientKind.ENTERPRISE, RecipientKind.INSTITUTION):
+        out.append("recipient_kind is unspecified")
+    if n.kind not in NOTICE_LABELS:
+        out.append(f"kind {n.kind or 'UNSPECIFIED'} is not a notice kind")
+    return out
+
+
+def for_notice(n: RoadshowNotice) -> Notification:
+    return _compose(f"roadshow:{n.notice_id}", n.recipient_kind, n.recipient_id, ROADSHOW_NOTICE, n.issued_at,
+                    roadshow_title=n.title or n.roadshow_id, city=n.city or "-",
+                    held_at=n.held_at.strftime("%Y-%m-%d") if n.held_at else "-",
+                    localized={"notice": NOTICE_LABELS[n.kind], "reason": (n.reason, n.reason)})
+
+
+# -- the contact clock ----------------------------------------------------------------------------------
+
+DEFAULT_SLA_HOURS = 72
+MAX_SLA_HOURS = 720
+MAX_CONTACT_CHARS = 200
+# The lead statuses that stop a running clock: the institution acted, or the lead is gone.
+CLOCK_STOPPERS = frozenset({"CONTACTED", "UNDER_REVIEW", "APPROVED", "DISBURSED", "DECLINED", "WITHDRAWN", "EXPIRED"})
+CLOCK_STARTER = "DELIVERED"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A contact policy set through ``SetContactPolicy`` (``product_id`` "" = the institution's)."""
+
+    institution_id: str
+    product_id: str = ""
+    sla_hours: int = 0  # 0 = not set here
+    escalation_contact: str = ""
+    updated_at: datetime | None = None
+
+
+def validate_policy(p: Policy, prefix: str = "policy") -> None:
+    v = Violations()
+    v.check(bool(p.institution_id.strip()), f"{prefix}.institution_id", "is required")
+    v.check(len(p.institution_id) <= 63, f"{prefix}.institution_id", "must be at most 63 characters")
+    v.check(len(p.product_id) <= 128, f"{prefix}.product_id", "must be at most 128 characters")
+    v.check(0 <= p.sla_hours <= MAX_SLA_HOURS, f"{prefix}.sla_hours",
+            f"must be between 1 and {MAX_SLA_HOURS} hours (0 = the institution's, else {DEFAULT_SLA_HOURS})")
+    v.check(len(p.escalation_contact) <= MAX_CONTACT_CHARS, f"{prefix}.escalation_contact",
+            f"must be at most {MAX_CONTACT_CHARS} characters")
+    v.check(p.sla_hours > 0 or bool(p.escalation_contact.strip()), f"{prefix}.sla_hours",
+            "set sla_hours or escalation_contact (or both)")
+    v.raise_if_any()
+
+
+def resolve_sla(product: Policy | None, institution: Policy | None, institution_sla_hours: int = 0
+                ) -> tuple[int, str, str]:
+    """(hours, where they come from, escalation contact): product policy, then institution policy,
+    then the institution's own contact SLA, then 72 hours. The contact comes from the most specific
+    policy that names one."""
+    contact = next((p.escalation_contact for p in (product, institution) if p and p.escalation_contact), "")
+    if product and product.sla_hours:
+        return product.sla_hours, "product policy", contact
+    if institution and institution.sla_hours:
+        return institution.sla_hours, "institution policy", contact
+    if institution_sla_hours > 0:
+        return institution_sla_hours, "institution", contact
+    return DEFAULT_SLA_HOURS, "default", contact
+
+
+@dataclass(frozen=True)
+class LeadClock:
+    lead_id: str
+    demand_id: str
+    institution_id: str
+    product_id: str
+    sla_hours: int
+    sla_source: str
+    escalation_contact: str
+    delivered_at: datetime
+    remind_at: datetime
+    due_at: datetime
+    state: str = "running"  # running, stopped, breached
+    next_fire_at: datetime | None = None
+    reminded_at: datetime | None = None
+    breached_at: datetime | None = None
+    stopped_at: datetime | None = None
+    stopped_by: str = ""
+    contacted_at: datetime | None = None
+
+
+def start_clock(c: LeadChange, sla_hours: int, sla_source: str, escalation_contact: str) -> LeadClock:
+    """The clock of a lead delivered at ``c.at``: reminder at two-thirds of the SLA, due at its end."""
+    sla = timedelta(hours=sla_hours)
+    remind_at = c.at + sla * 2 / 3
+    return LeadClock(lead_id=c.lead_id, demand_id=c.demand_id, institution_id=c.institution_id,
+                     product_id=c.product_id, sla_hours=sla_hours, sla_source=sla_source,
+                     escalation_contact=escalation_contact, delivered_at=c.at, remind_at=remind_at,
+                     due_at=c.at + sla, next_fire_at=remind_at)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What a running clock does at ``now``."""
+
+    remind: bool
+    breach: bool
+    next_fire_at: datetime | None
+
+
+def tick(clock: LeadClock, now: datetime) -> Tick:
+    """At the deadline: breach (a notifier that was down past the deadline breaches without a
+    pointless late reminder). Between two-thirds and the deadline: remind once."""
+    if clock.state != "running":
+        return Tick(False, False, None)
+    if now >= clock.due_at:
+        return Tick(False, True, None)
+    if now >= clock.remind_at and clock.reminded_at is None:
+        return Tick(True, False, clock.due_at)
+    return Tick(False, False, clock.remind_at if clock.reminded_at is None else clock.due_at)
+
+
+def _due_text(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def for_reminder(clock: LeadClock, at: datetime) -> Notification:
+    return _compose(f"{LEAD_REMINDER}:{clock.lead_id}", RecipientKind.INSTITUTION, clock.institution_id,
+                    LEAD_REMINDER, at, demand_id=clock.demand_id, lead_id=clock.lead_id,
+                    product_id=clock.product_id, sla_hours=clock.sla_hours, due=_due_text(clock.due_at))
+
+
+def for_escalation(clock: LeadClock, at: datetime) -> Notification:
+    contact = clock.escalation_contact
+    return _compose(f"{LEAD_ESCALATED}:{clock.lead_id}", RecipientKind.INSTITUTION, clock.institution_id,
+                    LEAD_ESCALATED, at, demand_id=clock.demand_id, lead_id=clock.lead_id,
+                    product_id=clock.product_id, sla_hours=clock.sla_hours, due=_due_text(clock.due_at),
+                    localized={"contact": (contact or "the institution's lead desk", contact or "机构线索负责人")})
+
+
+# -- webhooks ---------------------------------------------------------------------------------------------
+
+SIGNATURE_VERSION = "v1"
+REPLAY_TOLERANCE_SECONDS = 300
+MAX_URL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits base·2^(n-1), capped, times 0.5–1.0."""
+
+    max_attempts: int = 8
+    base_seconds: float = 2.0
+    cap_seconds: float = 600.0
+    timeout_seconds: float = 5.0
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1 = first); ``rand`` in [0, 1)."""
+        raw = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return raw * (0.5 + rand / 2)
+
+
+def webhook_id(institution_id: str, url: str) -> str:
+    return stable_id("webhook", institution_id, url)
+
+
+def delivery_id(notification_id: str, webhook_id_: str) -> str:
+    return stable_id("delivery", notification_id, webhook_id_)
+
+
+def validate_webhook(institution_id: str, url: str) -> None:
+    v = Violations()
+    v.check(bool(institution_id.strip()) and len(institution_id) <= 63, "institution_id",
+            "is required, at most 63 characters")
+    ok = url.startswith(("http://", "https://")) and len(url) <= MAX_URL_CHARS and " " not in url
+    v.check(ok, "url", f"must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters")
+    v.raise_if_any()
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``X-Finmesh-Signature`` value for ``body`` signed at ``timestamp`` (Unix seconds)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={mac}"
+
+
+def verify(secret: str, body: bytes, timestamp: str, signature: str, now: float,
+           tolerance: int = REPLAY_TOLERANCE_SECONDS) -> bool:
+    """What a receiver checks: the signature matches and the timestamp is recent (no replay)."""
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        return False
+    if abs(now - ts) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, body, ts), signature)
+
+
+def delivery_body(note: Notification, delivery_id_: str) -> bytes:
+    """The JSON posted to a webhook (stable: the same bytes on every attempt)."""
+    return json.dumps({
+        "delivery_id": delivery_id_, "notification_id": note.notification_id, "kind": note.kind,
+        "institution_id": note.recipient_id, "demand_id": note.demand_id, "lead_id": note.lead_id,
+        "title": note.title, "body": note.body, "title_zh": note.title_zh, "body_zh": note.body_zh,
+        "created_at": note.created_at.isoformat(),
+    }, ensure_ascii=False, sort_keys=True).encode()

@@ -2,29 +2,92 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+import uuid
+from datetime import datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.message import Message
 
+from finmesh.demand.v1 import demand_pb2 as dpb
+from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.lead.v1 import events_pb2 as lead_events
+from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
+from finmesh.notification.v1 import clock_pb2 as cpb
+from finmesh.notification.v1 import delivery_pb2 as dlv
 from finmesh.notification.v1 import notification_pb2 as pb
-from services.notifier.domain import LeadRef, MatchOutcome, Notification
+from finmesh.roadshow.v1 import events_pb2 as roadshow
+from meshkit.pbtime import ts_to_dt
+from services.notifier.domain import (
+    DemandChange,
+    LeadChange,
+    LeadClock,
+    LeadRef,
+    MatchOutcome,
+    Notification,
+    Policy,
+    RecipientKind,
+    RoadshowNotice,
+)
 
 
-def _when(ts: Timestamp) -> datetime | None:
-    return ts.ToDatetime(tzinfo=UTC) if (ts.seconds or ts.nanos) else None
+def _set(msg: Message, field: str, at: datetime | None) -> None:
+    if at is not None:
+        getattr(msg, field).FromDatetime(at)
+
+
+def _name(enum: object, value: int, prefix: str) -> str:
+    try:
+        return enum.Name(value).removeprefix(prefix)  # type: ignore[attr-defined]
+    except ValueError:
+        return ""
 
 
 def match_outcome(msg: matching.DemandMatched) -> MatchOutcome:
+    origins = {_name(lead_pb2.LeadOrigin, lead.origin, "LEAD_ORIGIN_") for lead in msg.leads}
     return MatchOutcome(
         demand_id=msg.demand_id,
         enterprise_uscc=msg.enterprise_uscc,
         leads=tuple(
             LeadRef(lead_id=lead.lead_id, institution_id=lead.institution_id, product_id=lead.product_id,
-                    score=lead.score, rank=lead.rank, contact_due_at=_when(lead.contact_due_at))
+                    score=lead.score, rank=lead.rank, contact_due_at=ts_to_dt(lead.contact_due_at))
             for lead in msg.leads
         ),
         no_match_explanation=msg.no_match_explanation,
+        additional=msg.additional,
+        origin=origins.pop() if len(origins) == 1 else "",
+    )
+
+
+def demand_change(msg: demand_events.DemandStatusChanged, occurred_at: datetime) -> DemandChange:
+    return DemandChange(
+        demand_id=msg.demand_id, enterprise_uscc=msg.enterprise_uscc,
+        status=_name(dpb.DemandStatus, msg.change.status, "DEMAND_STATUS_"), seq=msg.seq,
+        reason=msg.change.reason, channel=_name(dpb.Channel, msg.channel, "CHANNEL_"),
+        at=ts_to_dt(msg.change.at) or occurred_at,
+    )
+
+
+def lead_change(msg: lead_events.LeadStatusChanged, occurred_at: datetime) -> LeadChange:
+    lead = msg.lead
+    return LeadChange(
+        lead_id=lead.lead_id, demand_id=lead.demand_id, institution_id=lead.institution_id,
+        product_id=lead.product_id, status=_name(lead_pb2.LeadStatus, msg.change.status or lead.status,
+                                                 "LEAD_STATUS_"),
+        seq=msg.seq, reason=msg.change.reason, at=ts_to_dt(msg.change.at) or occurred_at,
+        origin=_name(lead_pb2.LeadOrigin, lead.origin, "LEAD_ORIGIN_"),
+        contacted_at=ts_to_dt(lead.contact.contacted_at) if lead.HasField("contact") else None,
+    )
+
+
+def roadshow_notice(msg: roadshow.RoadshowNotice, occurred_at: datetime) -> RoadshowNotice:
+    kind = msg.recipient_kind if msg.recipient_kind in RecipientKind._value2member_map_ else 0
+    return RoadshowNotice(
+        notice_id=msg.notice_id, roadshow_id=msg.roadshow_id,
+        kind=_name(roadshow.NoticeKind, msg.kind, "NOTICE_KIND_") if msg.kind else "",
+        recipient_kind=RecipientKind(kind), recipient_id=msg.recipient_id, title=msg.roadshow_title,
+        city=msg.city, held_at=ts_to_dt(msg.held_at), reason=msg.reason,
+        issued_at=ts_to_dt(msg.issued_at) or occurred_at,
     )
 
 
@@ -37,3 +100,71 @@ def notification_pb(note: Notification, language: str = "en") -> pb.Notification
     )
     out.created_at.FromDatetime(note.created_at)
     return out
+
+
+def sla_breached(clock: LeadClock, at: datetime) -> matching.LeadSlaBreached:
+    out = matching.LeadSlaBreached(lead_id=clock.lead_id, demand_id=clock.demand_id,
+                                   institution_id=clock.institution_id)
+    out.contact_due_at.FromDatetime(clock.due_at)
+    out.breached_at.FromDatetime(at)
+    return out
+
+
+_STATES = {"running": cpb.CLOCK_STATE_RUNNING, "stopped": cpb.CLOCK_STATE_STOPPED,
+           "breached": cpb.CLOCK_STATE_BREACHED}
+
+
+def clock_pb(c: LeadClock) -> cpb.LeadClock:
+    out = cpb.LeadClock(lead_id=c.lead_id, demand_id=c.demand_id, institution_id=c.institution_id,
+                        product_id=c.product_id, sla_hours=c.sla_hours, state=_STATES[c.state],
+                        stopped_by=c.stopped_by, escalation_contact=c.escalation_contact, sla_source=c.sla_source)
+    for field in ("delivered_at", "remind_at", "due_at", "reminded_at", "breached_at", "stopped_at"):
+        _set(out, field, getattr(c, field))
+    return out
+
+
+def policy_from_pb(p: cpb.ContactPolicy) -> Policy:
+    return Policy(institution_id=p.institution_id.strip(), product_id=p.product_id.strip(), sla_hours=p.sla_hours,
+                  escalation_contact=p.escalation_contact.strip())
+
+
+def policy_pb(p: Policy) -> cpb.ContactPolicy:
+    out = cpb.ContactPolicy(institution_id=p.institution_id, product_id=p.product_id, sla_hours=p.sla_hours,
+                            escalation_contact=p.escalation_contact)
+    _set(out, "updated_at", p.updated_at)
+    return out
+
+
+DELIVERY_STATUS = {"pending": dlv.DELIVERY_STATUS_PENDING, "delivered": dlv.DELIVERY_STATUS_DELIVERED,
+                   "dead": dlv.DELIVERY_STATUS_DEAD}
+DELIVERY_STATUS_NAMES = {v: k for k, v in DELIVERY_STATUS.items()}
+
+
+def delivery_pb(r: dict) -> dlv.Delivery:
+    status = r["status"]
+    out = dlv.Delivery(delivery_id=str(r["delivery_id"]), webhook_id=str(r["webhook_id"]),
+                       institution_id=r["institution_id"], notification_id=str(r["notification_id"]), kind=r["kind"],
+                       status=DELIVERY_STATUS[status], attempts=r["attempts"], dead_reason=r["dead_reason"])
+    _set(out, "created_at", r["created_at"])
+    _set(out, "delivered_at", r["delivered_at"])
+    if status == "pending":
+        _set(out, "next_attempt_at", r["next_attempt_at"])
+    for a in json.loads(r["history"]):
+        h = out.history.add(attempt=a["attempt"], ok=a["ok"], http_status=a["http_status"], error=a["error"],
+                            duration_ms=a["duration_ms"])
+        h.at.FromDatetime(datetime.fromisoformat(a["at"]))
+    return out
+
+
+def webhook_pb(webhook_id: str, institution_id: str, url: str, created_at: datetime) -> dlv.Webhook:
+    out = dlv.Webhook(webhook_id=webhook_id, institution_id=institution_id, url=url)
+    out.created_at.FromDatetime(created_at)
+    return out
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -37,6 +37,74 @@ TEMPLATES: dict[tuple[str, str], tuple[str, str]] = {
         "融资需求 {demand_id} 匹配到贵机构产品 {product_id}（评分 {score}，排名 {rank}），"
         "请于 {contact_due} 前联系企业。",
     ),
+    ("demand.rematched", "en"): (
+        "More institutions are looking at your demand",
+        "Your demand {demand_id} was passed on to {leads} more financial product(s) ({reason}). "
+        "They will contact you within {sla_days} days.",
+    ),
+    ("demand.rematched", "zh"): (
+        "您的融资需求已推送给更多金融机构",
+        "您的融资需求 {demand_id} 已推送给另外 {leads} 款金融产品（{reason}），金融机构将在 {sla_days} 天内与您联系。",
+    ),
+    ("demand.received", "en"): (
+        "We received your financing demand",
+        "Your demand {demand_id} was received ({channel}) and is being matched with financial products.",
+    ),
+    ("demand.received", "zh"): (
+        "您的融资需求已受理",
+        "您的融资需求 {demand_id} 已受理（{channel}），正在为您匹配金融产品。",
+    ),
+    ("demand.status", "en"): (
+        "Your financing demand is now {status}",
+        "Your demand {demand_id} is now {status}: {reason}",
+    ),
+    ("demand.status", "zh"): (
+        "您的融资需求状态更新：{status}",
+        "您的融资需求 {demand_id} 状态更新为 {status}：{reason}",
+    ),
+    ("lead.outcome", "en"): (
+        "{institution_id}: {status}",
+        "About your demand {demand_id}, {institution_id} (product {product_id}) reports {status}: {reason}",
+    ),
+    ("lead.outcome", "zh"): (
+        "{institution_id}：{status}",
+        "关于您的融资需求 {demand_id}，{institution_id}（产品 {product_id}）反馈 {status}：{reason}",
+    ),
+    ("lead.withdrawn", "en"): (
+        "Lead {lead_id} was withdrawn",
+        "The enterprise withdrew demand {demand_id}; lead {lead_id} (product {product_id}) is closed: {reason}",
+    ),
+    ("lead.withdrawn", "zh"): (
+        "线索 {lead_id} 已撤回",
+        "企业已撤回融资需求 {demand_id}，线索 {lead_id}（产品 {product_id}）已关闭：{reason}",
+    ),
+    ("lead.reminder", "en"): (
+        "Reminder: contact the enterprise of lead {lead_id} by {due}",
+        "Lead {lead_id} (demand {demand_id}, product {product_id}) has not been contacted yet; "
+        "the {sla_hours}-hour contact deadline is {due}.",
+    ),
+    ("lead.reminder", "zh"): (
+        "提醒：请于 {due} 前联系线索 {lead_id} 的企业",
+        "线索 {lead_id}（融资需求 {demand_id}，产品 {product_id}）尚未联系企业，{sla_hours} 小时联系时限为 {due}。",
+    ),
+    ("lead.escalated", "en"): (
+        "Escalation: lead {lead_id} missed its contact deadline",
+        "Lead {lead_id} (demand {demand_id}, product {product_id}) was not contacted within {sla_hours} hours "
+        "(due {due}). Escalated to {contact}; the demand goes to the next-best institution.",
+    ),
+    ("lead.escalated", "zh"): (
+        "升级：线索 {lead_id} 已超过联系时限",
+        "线索 {lead_id}（融资需求 {demand_id}，产品 {product_id}）未在 {sla_hours} 小时内联系企业（时限 {due}），"
+        "已升级至 {contact}，该需求将转给下一家金融机构。",
+    ),
+    ("roadshow.notice", "en"): (
+        "Roadshow {roadshow_title}: {notice}",
+        "{notice} — roadshow {roadshow_title} in {city}, {held_at}. {reason}",
+    ),
+    ("roadshow.notice", "zh"): (
+        "路演 {roadshow_title}：{notice}",
+        "{notice}——{city} {held_at} 路演 {roadshow_title}。{reason}",
+    ),
 }
 
 KINDS = tuple(sorted({kind for kind, _ in TEMPLATES}))

@@ -1,0 +1,78 @@
+"""Inbox features on the real broker and PostgreSQL: filters, MarkRead, Subscribe (resumable),
+demand status and roadshow notices."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from notifier_support import ENTERPRISE, INSTITUTION, inbox, matched, uid
+
+from finmesh.demand.v1 import demand_pb2 as dpb
+from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.notification.v1 import notification_pb2 as pb
+from finmesh.roadshow.v1 import events_pb2 as rs
+from meshkit import topics
+from meshkit.grpcserver import field_violations
+from tests.integration.matcher.matcher_support import publish
+
+pytestmark = pytest.mark.integration
+
+
+async def test_filters_mark_read_and_a_resumable_stream(stub, bootstrap: str) -> None:
+    t = uid()
+    uscc = f"E{t}"
+    received = demand_events.DemandStatusChanged(demand_id=f"d-{t}", enterprise_uscc=uscc, seq=1,
+                                                 channel=dpb.CHANNEL_API,
+                                                 change=dpb.StatusChange(status=dpb.DEMAND_STATUS_SUBMITTED))
+    await publish(bootstrap, topics.DEMAND_STATUS_CHANGED, received)
+    [first] = await inbox(stub, ENTERPRISE, uscc)
+    assert first.kind == "demand.received"
+
+    stream = stub.Subscribe(pb.SubscribeRequest(recipient_kind=ENTERPRISE, recipient_id=uscc, from_beginning=True))
+    got = await asyncio.wait_for(stream.read(), 15)
+    assert got.notification.notification_id == first.notification_id
+    await publish(bootstrap, topics.DEMANDS_MATCHED, matched(f"d-{t}", uscc, [f"bank-{t}"]))
+    got = await asyncio.wait_for(stream.read(), 15)
+    assert got.notification.kind == "demand.matched"
+    stream.cancel()
+    # Resume after the first: the second comes again, nothing before it.
+    resumed = stub.Subscribe(pb.SubscribeRequest(recipient_kind=ENTERPRISE, recipient_id=uscc,
+                                                 after_notification_id=first.notification_id))
+    again = await asyncio.wait_for(resumed.read(), 15)
+    assert again.notification.notification_id == got.notification.notification_id
+    resumed.cancel()
+
+    assert [n.kind for n in await inbox(stub, ENTERPRISE, uscc, kinds=["demand.matched"])] == ["demand.matched"]
+    marked = await stub.MarkRead(pb.MarkReadRequest(recipient_kind=ENTERPRISE, recipient_id=uscc,
+                                                    notification_ids=[first.notification_id]))
+    assert marked.marked == 1
+    unread = await inbox(stub, ENTERPRISE, uscc, unread_only=True)
+    assert [n.kind for n in unread] == ["demand.matched"]
+    assert (await stub.MarkRead(pb.MarkReadRequest(recipient_kind=ENTERPRISE, recipient_id=uscc, all=True))).marked == 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.MarkRead(pb.MarkReadRequest(recipient_kind=ENTERPRISE, recipient_id=uscc,
+                                               notification_ids=["nope"]))
+    assert set(field_violations(err.value)) == {"notification_ids"}
+    bad = stub.Subscribe(pb.SubscribeRequest(recipient_kind=ENTERPRISE, recipient_id=uscc,
+                                             after_notification_id="nope"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await bad.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_roadshow_notices_reach_both_kinds_of_recipient(stub, bootstrap: str) -> None:
+    t = uid()
+    for kind, who, rid in ((rs.NOTICE_KIND_INVITED, rs.RECIPIENT_KIND_ENTERPRISE, f"E{t}"),
+                           (rs.NOTICE_KIND_INVESTOR_REGISTERED, rs.RECIPIENT_KIND_INSTITUTION, f"fund-{t}")):
+        await publish(bootstrap, topics.ROADSHOW_NOTICES, rs.RoadshowNotice(
+            notice_id=f"n-{t}-{kind}", roadshow_id=f"rs-{t}", kind=kind, recipient_kind=who, recipient_id=rid,
+            roadshow_title="2026-11 integrated circuits", city="Xiamen"))
+    [invite] = await inbox(stub, ENTERPRISE, f"E{t}")
+    assert invite.kind == "roadshow.notice" and "invited" in invite.body
+    [zh] = await inbox(stub, ENTERPRISE, f"E{t}", metadata=(("accept-language", "zh-CN"),))
+    assert "诚邀" in zh.body
+    [reg] = await inbox(stub, INSTITUTION, f"fund-{t}")
+    assert "investor" in reg.body
