@@ -40,6 +40,8 @@ from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2 as ins
 from finmesh.institution.v1 import institution_pb2_grpc as ins_grpc
 from finmesh.matching.v1 import events_pb2 as matching
+from finmesh.roadshow.v1 import roadshow_pb2 as rs
+from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
 from meshkit import codec, ids, topics
 from meshkit.kafka import ensure_topics, make_producer
 
@@ -69,6 +71,7 @@ class Target:
     matcher_addr: str = DEFAULT_ADDRESSES["matcher"]
     bootstrap_servers: str = "127.0.0.1:9092"
     console: Console = field(default_factory=Console)
+    roadshow_addr: str = DEFAULT_ADDRESSES["roadshow"]
 
     @classmethod
     def of(cls, mesh: Any) -> Target:
@@ -80,7 +83,7 @@ class Target:
         console = getattr(mesh, "console", None) or Console()
         if hasattr(mesh, "services") and hasattr(mesh, "grpc_address"):
             return cls(mesh.grpc_address("demand"), mesh.grpc_address("matcher"), mesh.kafka_bootstrap_servers,
-                       console)
+                       console, mesh.grpc_address("roadshow"))
         bootstrap = getattr(mesh, "bootstrap_servers", None) or mesh.kafka_bootstrap_servers
         return cls(getattr(mesh, "demand_addr", cls.demand_addr), getattr(mesh, "matcher_addr", cls.matcher_addr),
                    bootstrap, console)
@@ -371,6 +374,22 @@ async def lead_topics_table(target: Target) -> Table:
     return table
 
 
+async def roadshows_table(target: Target) -> Table:
+    """The roadshows the roadshow service scheduled by itself (one a month), from ``ListRoadshows``."""
+    table = Table(title="SRDI roadshows (RoadshowService.ListRoadshows)", title_justify="left", show_edge=False,
+                  padding=(0, 1))
+    for name in ("month", "theme", "city", "held at (UTC)", "applications", "status"):
+        table.add_column(name, no_wrap=True)
+    async with grpc.aio.insecure_channel(target.roadshow_addr) as channel:
+        page = await _retrying(lambda: rs_grpc.RoadshowServiceStub(channel).ListRoadshows(
+            rs.ListRoadshowsRequest(page_size=6), timeout=CALL_TIMEOUT))
+    for r in page.roadshows:
+        table.add_row(r.month, r.theme, r.city, r.held_at.ToDatetime().strftime("%Y-%m-%d %H:%M"),
+                      f"{r.applications_open_at.ToDatetime():%m-%d} → {r.applications_close_at.ToDatetime():%m-%d}",
+                      rs.RoadshowStatus.Name(r.status).removeprefix("ROADSHOW_STATUS_").lower().replace("_", " "))
+    return table
+
+
 # -- feeding demands and watching leads --------------------------------------------------------------
 
 
@@ -505,6 +524,10 @@ async def run(mesh: Any, *, rate: float | None = None, seed: int = ds.DEFAULT_SE
             console.print(f"  {what}: {result}")
         console.print(f"loaded in {time.monotonic() - began:.1f} s")
         console.print(await lead_topics_table(target))
+        try:
+            console.print(await roadshows_table(target))
+        except grpc.aio.AioRpcError as err:  # the demo goes on without it
+            console.print(f"[yellow]roadshows unavailable: {err.code().name}[/]")
         console.print("subscribing to the lead topics …")
         summary = (f"{len(data.institutions)} institutions · {len(data.products)} products · "
                    f"{len(data.enterprises):,} enterprises")
