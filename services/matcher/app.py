@@ -14,6 +14,7 @@ SIGTERM: Faust's worker stops the app; the runtime lets the batch in hand finish
 from __future__ import annotations
 
 import asyncio
+import gc
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ def broker_urls(bootstrap: str) -> list[str]:
 def plain_bootstrap(bootstrap: str) -> str:
     """``host:port,host:port`` for aiokafka, whichever form was given."""
     return ",".join(h.strip().removeprefix("kafka://") for h in bootstrap.split(",") if h.strip())
+
+
+def settle() -> None:
+    """Exempt what is loaded so far (the catalog, the open demands) from the cyclic garbage collector.
+
+    These long-lived objects hold no reference cycles (reference counting frees them); without this,
+    every full collection walks hundreds of thousands of them, which doubled the reverse join's time.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Matcher:
@@ -174,6 +185,7 @@ class Matcher:
             except Exception as err:  # noqa: BLE001 - a missed catch-up costs a lead, not correctness
                 logger.warning("reverse-join catch-up failed", error=repr(err))
                 issued = 0
+            settle()
             logger.info("open demands held", partitions=sorted(self.open_demands.parts), loaded=len(loaded),
                         held=len(self.open_demands), caught_up=issued)
             if not self.rebalanced.is_set():
@@ -186,6 +198,7 @@ class Matcher:
         catalog = self.catalog = LiveCatalog(pool=rt.pool, bootstrap=self.settings.kafka_bootstrap_servers,
                                              metrics=rt.metrics, service=rt.service)
         await catalog.load()
+        settle()
         standing = handlers.Standing(rt.pool)
         await standing.refresh()
         self.demands = handlers.DemandMatcher(pool=rt.pool, view=catalog.view, metrics=rt.metrics, schema=SCHEMA,

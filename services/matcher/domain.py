@@ -495,9 +495,21 @@ class _Shown:
 
 
 _SHOWN: dict[tuple[object, ...], _Shown] = {}
+_SHOWN_OF: dict[int, tuple[Product, _Shown]] = {}  # by the product object itself: no hashing of its content
 
 
 def _shown(p: Product) -> _Shown:
+    hit = _SHOWN_OF.get(id(p))
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    got = _shown_content(p)
+    if len(_SHOWN_OF) > 100_000:
+        _SHOWN_OF.clear()
+    _SHOWN_OF[id(p)] = (p, got)
+    return got
+
+
+def _shown_content(p: Product) -> _Shown:
     key = (p.amount_min_fen, p.amount_max_fen, p.term_min_months, p.term_max_months, p.rate_min_bps, p.rate_max_bps,
            p.industries, p.special_zones)
     got = _SHOWN.get(key)
