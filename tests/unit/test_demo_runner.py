@@ -24,8 +24,8 @@ def test_the_lead_pattern_matches_lead_topics_only() -> None:
 def test_targets_from_a_mesh_info_or_a_plain_object() -> None:
     console = Console()
     info = SimpleNamespace(services={"demand": 1}, kafka_bootstrap_servers="k:1", console=console,
-                           grpc_address=lambda name: {"demand": "h:1", "matcher": "h:2"}[name])
-    assert runner.Target.of(info) == runner.Target("h:1", "h:2", "k:1", console)
+                           grpc_address=lambda name: {"demand": "h:1", "matcher": "h:2", "roadshow": "h:4"}[name])
+    assert runner.Target.of(info) == runner.Target("h:1", "h:2", "k:1", console, "h:4")
     plain = SimpleNamespace(demand_addr="a:1", matcher_addr="a:2", bootstrap_servers="b:1", console=console)
     assert runner.Target.of(plain) == runner.Target("a:1", "a:2", "b:1", console)
 
