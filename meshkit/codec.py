@@ -87,6 +87,8 @@ def decode(spec: TopicSpec, value: bytes | None, headers: Headers | None) -> Env
         occurred_at = datetime.fromisoformat(occurred) if occurred else now()
     except ValueError:
         raise PoisonMessage(f"occurred-at {occurred!r} is not an RFC 3339 timestamp") from None
+    if occurred_at.tzinfo is None:  # no offset given: UTC, as the mesh writes it (never naive downstream)
+        occurred_at = occurred_at.replace(tzinfo=UTC)
     # Events from outside the mesh may lack an id: derive a stable one from the content.
     event_id = header(headers, EVENT_ID) or str(uuid.uuid5(uuid.NAMESPACE_OID, value.hex()))
     return Envelope(

@@ -15,6 +15,11 @@ def ts_to_dt(ts: Timestamp) -> datetime | None:
 
 
 def set_ts(ts: Timestamp, at: datetime | None) -> None:
-    """Set ``ts`` to ``at`` (left unset when ``at`` is None)."""
+    """Set ``ts`` to ``at`` (left unset when ``at`` is None; a naive ``at`` is taken as UTC).
+
+    The same as ``ts.FromDatetime(at)``, several times faster (a hot path: two per lead).
+    """
     if at is not None:
-        ts.FromDatetime(at.astimezone(UTC))
+        whole = at.replace(microsecond=0, tzinfo=at.tzinfo or UTC)
+        ts.seconds = int(whole.timestamp())
+        ts.nanos = at.microsecond * 1000

@@ -17,6 +17,7 @@ from finmesh.enterprise.v1 import enterprise_pb2
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import docking_pb2
 from finmesh.matching.v1 import events_pb2 as matching
+from meshkit.pbtime import set_ts
 from services.matcher import domain
 
 _EMPTY: frozenset[str] = frozenset()
@@ -168,8 +169,8 @@ def lead_proto(lead_id: str, demand_id: str, pick: domain.Pick, *, created_at: d
             for r in pick.results
         ],
     )
-    lead.created_at.FromDatetime(created_at)
-    lead.contact_due_at.FromDatetime(contact_due_at)
+    set_ts(lead.created_at, created_at)
+    set_ts(lead.contact_due_at, contact_due_at)
     return lead
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
 
 from finmesh.demand.v1 import demand_pb2, events_pb2
-from meshkit import codec, ids, topics
+from meshkit import codec, ids, pbtime, topics
 from meshkit.errors import ValidationFailed, Violations
 from meshkit.paging import Page
 from meshkit.settings import ServiceSettings, load
@@ -80,6 +86,16 @@ def test_codec_refuses_unusable_records_with_a_reason(value, headers, reason) ->
         codec.decode(topics.DEMANDS_ACCEPTED, value, headers)
 
 
+def test_a_naive_occurred_at_is_read_as_utc() -> None:
+    """A naive timestamp once made every later comparison raise TypeError (retried forever: a jammed partition)."""
+    payload = events_pb2.DemandAccepted(demand=demand_pb2.Demand(demand_id="d-4")).SerializeToString()
+    env = codec.decode(topics.DEMANDS_ACCEPTED, payload, [(codec.OCCURRED_AT, b"2024-05-01T08:30:00")])
+    assert env.occurred_at == datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
+    assert env.occurred_at - datetime.now(UTC) < timedelta(0)  # comparable with aware times
+    shanghai = codec.decode(topics.DEMANDS_ACCEPTED, payload, [(codec.OCCURRED_AT, b"2024-05-01T16:30:00+08:00")])
+    assert shanghai.occurred_at == env.occurred_at
+
+
 def test_events_without_an_id_get_a_stable_one() -> None:
     payload = events_pb2.DemandAccepted(demand=demand_pb2.Demand(demand_id="d-3")).SerializeToString()
     a = codec.decode(topics.DEMANDS_ACCEPTED, payload, [])
@@ -91,6 +107,21 @@ def test_deterministic_ids() -> None:
     assert ids.lead_id("d", "p") == ids.lead_id("d", "p")
     assert ids.lead_id("d", "p") != ids.lead_id("d", "q")
     assert ids.demand_id("API", "k") != ids.demand_id("ONLINE_PORTAL", "k")
+
+
+@given(st.text(), st.lists(st.text(), max_size=4))
+def test_stable_ids_are_the_uuid5_of_their_parts(kind: str, parts: list[str]) -> None:
+    # ids already stored must stay the same: the fast formatting is exactly uuid5's
+    assert ids.stable_id(kind, *parts) == str(uuid.uuid5(ids.FINMESH, "|".join((kind, *parts))))
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))])))
+def test_timestamps_are_set_as_protobuf_sets_them(at: datetime) -> None:
+    ours, theirs = Timestamp(), Timestamp()
+    pbtime.set_ts(ours, at)
+    theirs.FromDatetime(at)
+    assert ours == theirs and pbtime.ts_to_dt(ours) == at
 
 
 def test_violations_report_every_field_at_once() -> None:
