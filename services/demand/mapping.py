@@ -146,11 +146,12 @@ def lead_to_pb(lead: d.Lead) -> lpb.Lead:
     return m
 
 
-def lead_status_changed(lead: d.Lead, seq: int) -> levents.LeadStatusChanged:
-    """The event for the ``seq``-th change (1-based) of ``lead``'s history."""
+def lead_status_changed(lead: d.Lead, seq: int, enterprise_uscc: str) -> levents.LeadStatusChanged:
+    """The event for the ``seq``-th change (1-based) of ``lead``'s history, naming the demand's enterprise."""
     h = lead.history[seq - 1]
     previous = lead.history[seq - 2].status if seq > 1 else d.LeadStatus.UNSPECIFIED
-    m = levents.LeadStatusChanged(lead=lead_to_pb(lead), previous=int(previous), seq=seq)
+    m = levents.LeadStatusChanged(lead=lead_to_pb(lead), previous=int(previous), seq=seq,
+                                  enterprise_uscc=enterprise_uscc)
     m.change.CopyFrom(lpb.LeadStatusChange(status=int(h.status), actor=h.actor, reason=h.reason))
     set_ts(m.change.at, h.at)
     return m

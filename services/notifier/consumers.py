@@ -94,8 +94,8 @@ def institution_changed(notifier: Notifier) -> Handler:
         assert isinstance(env.message, institution_events.InstitutionChanged)
         i = env.message.institution
         if not i.institution_id:
-            logger.warning("InstitutionChanged without an institution id; ignored")
-            return
-        await notifier.on_institution(i.institution_id, i.contact_sla_hours or domain.DEFAULT_SLA_HOURS, i.version)
+            raise codec.PoisonMessage("unusable InstitutionChanged: institution.institution_id is empty")
+        # 0 = the institution set no SLA: kept as 0, so the clock says "default" rather than "institution".
+        await notifier.on_institution(i.institution_id, i.contact_sla_hours, i.version)
 
     return handle

@@ -1,9 +1,11 @@
 """The webhook delivery worker: POSTs due deliveries, signed, and records every attempt.
 
 Deliveries are leased from PostgreSQL with ``FOR UPDATE SKIP LOCKED`` (a replica never sends what
-another is sending), sent concurrently up to ``concurrency`` at a time, each bounded by the retry
-policy's timeout, and rescheduled with exponential backoff and jitter on failure — so a failing or
-slow webhook only ever occupies its own slots and never holds up another. After
+another is sending), sent concurrently up to ``concurrency`` at a time but at most ``per_webhook``
+of one webhook (the lease counts those already out), each bounded by the retry policy's timeout
+from the moment its request goes out (never counting a wait for a connection), and rescheduled
+with exponential backoff and jitter on failure — so a failing, slow or backlogged webhook only
+ever occupies its own few slots and never holds up another. After
 ``max_attempts`` a delivery is DEAD with the reason. A crash while sending leaves a lease that runs
 out, and the delivery is sent again with the same ``X-Finmesh-Delivery`` id (receivers dedupe on it).
 """
@@ -32,25 +34,31 @@ USER_AGENT = "finmesh-notifier/1"
 
 class DeliveryWorker:
     def __init__(self, pool: asyncpg.Pool, metrics: Metrics, clock: Clock, wake: Signal, *,
-                 policy: RetryPolicy = RetryPolicy(), concurrency: int = 32, poll_seconds: float = 1.0) -> None:
+                 policy: RetryPolicy = RetryPolicy(), concurrency: int = 32, per_webhook: int = 4,
+                 poll_seconds: float = 1.0) -> None:
         self.pool = pool
         self.metrics = metrics
         self.clock = clock
         self.wake = wake
         self.policy = policy
         self.concurrency = concurrency
+        self.per_webhook = per_webhook
         self.poll_seconds = poll_seconds
+        self._slots: dict[str, list] = {}  # webhook id → [semaphore, sends holding or awaiting it]
 
     async def run(self) -> None:
         """Until cancelled; survives database restarts."""
-        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=8)
+        # No connection-pool limits: the sends are bounded here (``concurrency``, ``per_webhook``), so a
+        # request never waits for a connection while its timeout runs.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT}) as http:
             inflight: set[asyncio.Task] = set()
             try:
                 while True:
                     try:
                         due = await store.claim_due(self.pool, self.clock.now(), self.concurrency - len(inflight),
-                                                    lease_seconds=self.policy.timeout_seconds * 3 + 5)
+                                                    lease_seconds=self.policy.timeout_seconds * 3 + 5,
+                                                    per_webhook=self.per_webhook)
                     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                         logger.warning("claiming deliveries failed; retrying", error=repr(err))
                         due = []
@@ -69,6 +77,17 @@ class DeliveryWorker:
                 await asyncio.gather(*inflight, return_exceptions=True)
 
     async def _send(self, http: aiohttp.ClientSession, d: store.Due) -> None:
+        slot = self._slots.setdefault(d.webhook_id, [asyncio.Semaphore(self.per_webhook), 0])
+        slot[1] += 1
+        try:
+            async with slot[0]:  # taken before the timeout starts
+                await self._attempt(http, d)
+        finally:
+            slot[1] -= 1
+            if not slot[1]:
+                del self._slots[d.webhook_id]
+
+    async def _attempt(self, http: aiohttp.ClientSession, d: store.Due) -> None:
         now = self.clock.now()
         ts = int(now.timestamp())
         headers = {

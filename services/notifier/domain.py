@@ -249,6 +249,7 @@ class LeadChange:
     at: datetime
     origin: str = ""
     contacted_at: datetime | None = None
+    enterprise_uscc: str = ""  # empty in events published before the field existed
 
 
 def lead_change_problems(c: LeadChange) -> list[str]:
@@ -442,17 +443,23 @@ MAX_URL_CHARS = 2000
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits base·2^(n-1), capped, times 0.5–1.0."""
+    """Exponential backoff with jitter: attempt n waits base·2^(n-1), capped, times 0.5–1.0. The
+    default: 2 s doubling to 30 min, 18 attempts — the last one between about 2 and 4 hours after
+    the first (:meth:`span`), so an endpoint that is down for an hour or two misses nothing."""
 
-    max_attempts: int = 8
+    max_attempts: int = 18
     base_seconds: float = 2.0
-    cap_seconds: float = 600.0
+    cap_seconds: float = 1800.0
     timeout_seconds: float = 5.0
 
     def delay(self, attempt: int, rand: float) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1 = first); ``rand`` in [0, 1)."""
         raw = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
         return raw * (0.5 + rand / 2)
+
+    def span(self, rand: float) -> float:
+        """Seconds from the first attempt to the last (waits only), every jitter draw ``rand``."""
+        return sum(self.delay(n, rand) for n in range(1, self.max_attempts))
 
 
 def webhook_id(institution_id: str, url: str) -> str:

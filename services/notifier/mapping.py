@@ -6,8 +6,6 @@ import json
 import uuid
 from datetime import datetime
 
-from google.protobuf.message import Message
-
 from finmesh.demand.v1 import demand_pb2 as dpb
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.lead.v1 import events_pb2 as lead_events
@@ -17,7 +15,7 @@ from finmesh.notification.v1 import clock_pb2 as cpb
 from finmesh.notification.v1 import delivery_pb2 as dlv
 from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.roadshow.v1 import events_pb2 as roadshow
-from meshkit.pbtime import ts_to_dt
+from meshkit.pbtime import set_ts, ts_to_dt
 from services.notifier.domain import (
     DemandChange,
     LeadChange,
@@ -29,11 +27,6 @@ from services.notifier.domain import (
     RecipientKind,
     RoadshowNotice,
 )
-
-
-def _set(msg: Message, field: str, at: datetime | None) -> None:
-    if at is not None:
-        getattr(msg, field).FromDatetime(at)
 
 
 def _name(enum: object, value: int, prefix: str) -> str:
@@ -77,6 +70,7 @@ def lead_change(msg: lead_events.LeadStatusChanged, occurred_at: datetime) -> Le
         seq=msg.seq, reason=msg.change.reason, at=ts_to_dt(msg.change.at) or occurred_at,
         origin=_name(lead_pb2.LeadOrigin, lead.origin, "LEAD_ORIGIN_"),
         contacted_at=ts_to_dt(lead.contact.contacted_at) if lead.HasField("contact") else None,
+        enterprise_uscc=msg.enterprise_uscc,
     )
 
 
@@ -119,7 +113,7 @@ def clock_pb(c: LeadClock) -> cpb.LeadClock:
                         product_id=c.product_id, sla_hours=c.sla_hours, state=_STATES[c.state],
                         stopped_by=c.stopped_by, escalation_contact=c.escalation_contact, sla_source=c.sla_source)
     for field in ("delivered_at", "remind_at", "due_at", "reminded_at", "breached_at", "stopped_at"):
-        _set(out, field, getattr(c, field))
+        set_ts(getattr(out, field), getattr(c, field))
     return out
 
 
@@ -131,7 +125,7 @@ def policy_from_pb(p: cpb.ContactPolicy) -> Policy:
 def policy_pb(p: Policy) -> cpb.ContactPolicy:
     out = cpb.ContactPolicy(institution_id=p.institution_id, product_id=p.product_id, sla_hours=p.sla_hours,
                             escalation_contact=p.escalation_contact)
-    _set(out, "updated_at", p.updated_at)
+    set_ts(out.updated_at, p.updated_at)
     return out
 
 
@@ -145,10 +139,10 @@ def delivery_pb(r: dict) -> dlv.Delivery:
     out = dlv.Delivery(delivery_id=str(r["delivery_id"]), webhook_id=str(r["webhook_id"]),
                        institution_id=r["institution_id"], notification_id=str(r["notification_id"]), kind=r["kind"],
                        status=DELIVERY_STATUS[status], attempts=r["attempts"], dead_reason=r["dead_reason"])
-    _set(out, "created_at", r["created_at"])
-    _set(out, "delivered_at", r["delivered_at"])
+    set_ts(out.created_at, r["created_at"])
+    set_ts(out.delivered_at, r["delivered_at"])
     if status == "pending":
-        _set(out, "next_attempt_at", r["next_attempt_at"])
+        set_ts(out.next_attempt_at, r["next_attempt_at"])
     for a in json.loads(r["history"]):
         h = out.history.add(attempt=a["attempt"], ok=a["ok"], http_status=a["http_status"], error=a["error"],
                             duration_ms=a["duration_ms"])

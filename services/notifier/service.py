@@ -21,15 +21,6 @@ from services.notifier.domain import LeadChange, LeadClock, Notification, Policy
 
 logger = log.get(__name__)
 
-# A lead outcome for a demand whose enterprise is not known yet (its DemandStatusChanged is still on
-# its way on another topic) is retried for this long, then recorded without the enterprise's notice.
-ENTERPRISE_WAIT = timedelta(minutes=2)
-
-
-class RetryLater(Exception):
-    """Transient: the consumer retries the record."""
-
-
 class Signal:
     """Wakes every waiter (delivery worker, Subscribe streams) when something new was recorded."""
 
@@ -94,10 +85,17 @@ class Notifier:
 
     # -- events ----------------------------------------------------------------------------------------------
 
+    async def _remember(self, conn: asyncpg.Connection, demand_id: str, uscc: str) -> list[Notification]:
+        """Learn the demand's enterprise; returns the enterprise's notices of lead changes that waited for it."""
+        await store.lock_demand_enterprise(conn, demand_id)
+        await store.remember_demand(conn, demand_id, uscc)
+        uscc = await store.enterprise_of(conn, demand_id)  # the first one learnt stays
+        return [n for c in await store.unpark(conn, demand_id) for n in domain.for_lead_change(c, uscc)
+                if n.recipient_kind == RecipientKind.ENTERPRISE]
+
     async def on_match(self, consumer: str, event_id: str, outcome: domain.MatchOutcome, at: datetime) -> None:
         async def remember(conn: asyncpg.Connection) -> list[Notification]:
-            await store.remember_demand(conn, outcome.demand_id, outcome.enterprise_uscc)
-            return []
+            return await self._remember(conn, outcome.demand_id, outcome.enterprise_uscc)
         await self._once(consumer, event_id, domain.for_match(outcome, at), remember)
 
     async def on_matches(self, consumer: str, items: list[tuple[str, domain.MatchOutcome, datetime]]) -> None:
@@ -108,7 +106,7 @@ class Notifier:
             for event_id, outcome, at in items:
                 composed = domain.for_match(outcome, at)
                 if await inbox.claim(conn, consumer, event_id):
-                    await store.remember_demand(conn, outcome.demand_id, outcome.enterprise_uscc)
+                    notes += await self._remember(conn, outcome.demand_id, outcome.enterprise_uscc)
                     notes += composed
                 else:
                     seen += composed
@@ -118,7 +116,7 @@ class Notifier:
     async def on_demand_change(self, consumer: str, event_id: str, change: domain.DemandChange) -> None:
         async def remember(conn: asyncpg.Connection) -> list[Notification]:
             if change.enterprise_uscc:
-                await store.remember_demand(conn, change.demand_id, change.enterprise_uscc)
+                return await self._remember(conn, change.demand_id, change.enterprise_uscc)
             return []
         await self._once(consumer, event_id, domain.for_demand_change(change), remember)
 
@@ -131,17 +129,26 @@ class Notifier:
 
     async def on_lead_change(self, consumer: str, event_id: str, c: LeadChange) -> None:
         """Start the clock at DELIVERED, stop it at contact, decline, withdrawal (or later); tell the
-        enterprise of each outcome and the institution of a withdrawal."""
-        now = self.clock.now()
+        enterprise of each outcome and the institution of a withdrawal. The event names the enterprise;
+        an older one that does not, for a demand whose enterprise is not known here yet, parks the
+        enterprise's notice until it is (:meth:`_remember`)."""
         contacted_ttfc: tuple[str, float] | None = None
 
         async with self.pool.acquire() as conn, conn.transaction():
             if not await inbox.claim(conn, consumer, event_id):
                 return
-            uscc = await store.enterprise_of(conn, c.demand_id)
-            if not uscc and c.status in domain.LEAD_STATUSES_NOTIFIED and now - c.at < ENTERPRISE_WAIT:
-                raise RetryLater(f"enterprise of demand {c.demand_id} not known yet")
-            notes = domain.for_lead_change(c, uscc)
+            if c.enterprise_uscc:
+                notes = await self._remember(conn, c.demand_id, c.enterprise_uscc)
+                uscc = c.enterprise_uscc
+            else:
+                notes = []
+                await store.lock_demand_enterprise(conn, c.demand_id)
+                uscc = await store.enterprise_of(conn, c.demand_id)
+                if not uscc and c.status in domain.LEAD_STATUSES_NOTIFIED:
+                    await store.park(conn, c, self.clock.now())
+                    logger.info("lead change waits for its demand's enterprise", lead_id=c.lead_id,
+                                demand_id=c.demand_id, status=c.status)
+            notes += domain.for_lead_change(c, uscc)
             if c.status == domain.CLOCK_STARTER:
                 product, institution, inst_hours = await store.sla_inputs(conn, c.institution_id, c.product_id)
                 hours, source, contact = domain.resolve_sla(product, institution, inst_hours)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import asyncpg
 
 from meshkit.paging import Page
 from services.notifier import domain
-from services.notifier.domain import LeadClock, Notification, Policy, RecipientKind
+from services.notifier.domain import LeadChange, LeadClock, Notification, Policy, RecipientKind
 
 _COLUMNS = ("notification_id, recipient_kind, recipient_id, kind, title, body, title_zh, body_zh,"
             " demand_id, lead_id, created_at, read")
@@ -111,6 +112,11 @@ async def stream_after(pool: asyncpg.Pool, kind: RecipientKind, recipient_id: st
 # -- which enterprise a demand belongs to -------------------------------------------------------------------
 
 
+async def lock_demand_enterprise(conn: asyncpg.Connection, demand_id: str) -> None:
+    """Serialise learning a demand's enterprise with parking a change that waits for it (until commit)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"demand-enterprise:{demand_id}")
+
+
 async def remember_demand(conn: asyncpg.Connection, demand_id: str, uscc: str) -> None:
     await conn.execute("INSERT INTO demand_enterprises (demand_id, enterprise_uscc) VALUES ($1, $2)"
                        " ON CONFLICT (demand_id) DO NOTHING", demand_id, uscc)
@@ -119,6 +125,30 @@ async def remember_demand(conn: asyncpg.Connection, demand_id: str, uscc: str) -
 async def enterprise_of(conn: asyncpg.Connection, demand_id: str) -> str:
     return await conn.fetchval("SELECT enterprise_uscc FROM demand_enterprises WHERE demand_id = $1",
                                demand_id) or ""
+
+
+def _change_json(c: LeadChange) -> str:
+    return json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(c).items()})
+
+
+def _change_of(raw: str) -> LeadChange:
+    d = json.loads(raw)
+    for k in ("at", "contacted_at"):
+        d[k] = datetime.fromisoformat(d[k]) if d[k] else None
+    return LeadChange(**d)
+
+
+async def park(conn: asyncpg.Connection, c: LeadChange, now: datetime) -> None:
+    """Keep ``c`` until its demand's enterprise is known (see :func:`unpark`)."""
+    await conn.execute("INSERT INTO parked_lead_changes VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT DO NOTHING",
+                       c.lead_id, c.seq, c.demand_id, _change_json(c), now)
+
+
+async def unpark(conn: asyncpg.Connection, demand_id: str) -> list[LeadChange]:
+    """The changes parked for ``demand_id``, removed."""
+    rows = await conn.fetch("DELETE FROM parked_lead_changes WHERE demand_id = $1 RETURNING change::text",
+                            demand_id)
+    return [_change_of(r["change"]) for r in rows]
 
 
 # -- webhooks and deliveries --------------------------------------------------------------------------------
@@ -151,9 +181,14 @@ async def add_webhook(conn: asyncpg.Connection, webhook_id: str, institution_id:
 
 
 async def delete_webhook(conn: asyncpg.Connection, institution_id: str, webhook_id: str) -> bool:
+    """Deactivate the webhook; its pending deliveries are DEAD ("webhook deleted") and never sent again."""
     status = await conn.execute("UPDATE webhooks SET active = false WHERE webhook_id = $1 AND institution_id = $2"
                                 " AND active", uuid.UUID(webhook_id), institution_id)
-    return status == "UPDATE 1"
+    if status != "UPDATE 1":
+        return False
+    await conn.execute("UPDATE deliveries SET status = 'dead', dead_reason = 'webhook deleted', leased_until = NULL"
+                       " WHERE webhook_id = $1 AND status = 'pending'", uuid.UUID(webhook_id))
+    return True
 
 
 async def add_deliveries(conn: asyncpg.Connection, notes: list[Notification], now: datetime) -> int:
@@ -197,19 +232,30 @@ class Due:
     created_at: datetime
 
 
-async def claim_due(pool: asyncpg.Pool, now: datetime, limit: int, lease_seconds: float) -> list[Due]:
+async def claim_due(pool: asyncpg.Pool, now: datetime, limit: int, lease_seconds: float,
+                    per_webhook: int) -> list[Due]:
     """Lease up to ``limit`` deliveries due at ``now`` that no one else holds (SKIP LOCKED): a
-    replica never sends what another is sending; a crashed sender's lease runs out."""
+    replica never sends what another is sending; a crashed sender's lease runs out. At most
+    ``per_webhook`` deliveries of one webhook are leased at a time (counting those already out), so
+    the backlog of one endpoint never takes the slots of another. Deleted webhooks get nothing."""
     if limit <= 0:
         return []
     rows = await pool.fetch(
-        "WITH due AS (SELECT delivery_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1"
-        " AND (leased_until IS NULL OR leased_until <= $1) ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        "WITH busy AS (SELECT webhook_id, count(*) AS n FROM deliveries WHERE status = 'pending'"
+        " AND leased_until > $1 GROUP BY webhook_id),"
+        " ranked AS (SELECT d.delivery_id, d.next_attempt_at, coalesce(b.n, 0)"
+        " + row_number() OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.delivery_id) AS place"
+        " FROM deliveries d JOIN webhooks w ON w.webhook_id = d.webhook_id AND w.active"
+        " LEFT JOIN busy b ON b.webhook_id = d.webhook_id"
+        " WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND (d.leased_until IS NULL OR d.leased_until <= $1)),"
+        " due AS (SELECT d.delivery_id FROM deliveries d JOIN ranked r ON r.delivery_id = d.delivery_id"
+        " WHERE r.place <= $4 AND d.status = 'pending' AND (d.leased_until IS NULL OR d.leased_until <= $1)"
+        " ORDER BY r.next_attempt_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED)"
         " UPDATE deliveries d SET leased_until = $1 + make_interval(secs => $3) FROM due, webhooks w"
-        " WHERE d.delivery_id = due.delivery_id AND w.webhook_id = d.webhook_id"
+        " WHERE d.delivery_id = due.delivery_id AND w.webhook_id = d.webhook_id AND w.active"
         " RETURNING d.delivery_id, d.webhook_id, d.institution_id, d.kind, w.url, d.body, d.attempts, d.created_at,"
         " (SELECT secret FROM institution_secrets s WHERE s.institution_id = d.institution_id) AS secret",
-        now, limit, lease_seconds,
+        now, limit, lease_seconds, per_webhook,
     )
     return [Due(str(r["delivery_id"]), str(r["webhook_id"]), r["institution_id"], r["kind"], r["url"],
                 r["secret"] or "", r["body"], r["attempts"], r["created_at"]) for r in rows]
@@ -226,23 +272,26 @@ class Attempt:
 
 async def record_attempt(pool: asyncpg.Pool, due: Due, a: Attempt, *, next_attempt_at: datetime | None,
                          dead_reason: str = "") -> None:
-    """The attempt's outcome: delivered, another try at ``next_attempt_at``, or dead."""
+    """The attempt's outcome: delivered, another try at ``next_attempt_at``, or dead. The attempt is
+    always kept; a delivery no longer pending (its webhook was deleted meanwhile) keeps its status."""
     attempt = due.attempts + 1
+    did = uuid.UUID(due.delivery_id)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO delivery_attempts VALUES ($1, $2, $3, $4, $5, $6, $7)"
                            " ON CONFLICT DO NOTHING",
-                           uuid.UUID(due.delivery_id), attempt, a.at, a.ok, a.http_status, a.error[:1000],
-                           a.duration_ms)
+                           did, attempt, a.at, a.ok, a.http_status, a.error[:1000], a.duration_ms)
+        await conn.execute("UPDATE deliveries SET attempts = $2, leased_until = NULL WHERE delivery_id = $1",
+                           did, attempt)
         if a.ok:
-            await conn.execute("UPDATE deliveries SET status = 'delivered', attempts = $2, delivered_at = $3,"
-                               " leased_until = NULL WHERE delivery_id = $1", uuid.UUID(due.delivery_id), attempt, a.at)
+            await conn.execute("UPDATE deliveries SET status = 'delivered', delivered_at = $2, dead_reason = ''"
+                               " WHERE delivery_id = $1 AND (status = 'pending' OR dead_reason = 'webhook deleted')",
+                               did, a.at)
         elif next_attempt_at is not None:
-            await conn.execute("UPDATE deliveries SET attempts = $2, next_attempt_at = $3, leased_until = NULL"
-                               " WHERE delivery_id = $1", uuid.UUID(due.delivery_id), attempt, next_attempt_at)
+            await conn.execute("UPDATE deliveries SET next_attempt_at = $2 WHERE delivery_id = $1"
+                               " AND status = 'pending'", did, next_attempt_at)
         else:
-            await conn.execute("UPDATE deliveries SET status = 'dead', attempts = $2, dead_reason = $3,"
-                               " leased_until = NULL WHERE delivery_id = $1",
-                               uuid.UUID(due.delivery_id), attempt, dead_reason[:1000])
+            await conn.execute("UPDATE deliveries SET status = 'dead', dead_reason = $2"
+                               " WHERE delivery_id = $1 AND status = 'pending'", did, dead_reason[:1000])
 
 
 async def list_deliveries(pool: asyncpg.Pool, institution_id: str, status: str, page: Page) -> list[asyncpg.Record]:

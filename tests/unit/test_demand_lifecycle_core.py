@@ -267,8 +267,9 @@ def test_a_lead_with_its_outcome_maps_to_the_contract() -> None:
     assert [h.status for h in m.history] == [1, 2, 3, 7]
     assert m.contact.method == lpb.CONTACT_METHOD_PHONE and m.decline.text == "too much"
     assert not m.HasField("offer") and not m.HasField("disbursement")
-    event = mapping.lead_status_changed(x, 4)
+    event = mapping.lead_status_changed(x, 4, "E-1")
     assert event.previous == lpb.LEAD_STATUS_CONTACTED and event.change.status == lpb.LEAD_STATUS_DECLINED
+    assert event.enterprise_uscc == "E-1"
     outcome = lpb.LeadOutcome(status=lpb.LEAD_STATUS_APPROVED, offer=lpb.Offer(amount_fen=5, rate_bps=6, term_months=7))
     assert mapping.outcome_from_pb(outcome) == d.Outcome(status=5, offer_amount_fen=5, offer_rate_bps=6,
                                                          offer_term_months=7)

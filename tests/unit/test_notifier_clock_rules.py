@@ -32,6 +32,13 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     assert p.delay(1, 0.0) == 1.0 and p.delay(20, 0.0) == 30.0
 
 
+def test_the_default_retries_span_hours_not_minutes() -> None:
+    p = RetryPolicy()
+    assert p.span(0.0) >= 2 * 3600  # the shortest draw of jitter still keeps trying for two hours
+    assert p.span(0.999999) <= 4.1 * 3600
+    assert max(p.delay(n, 0.999999) for n in range(1, p.max_attempts)) <= p.cap_seconds
+
+
 def pytest_approx(x: float):  # noqa: ANN201
     import pytest
     return pytest.approx(x, rel=1e-5)

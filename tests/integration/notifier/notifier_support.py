@@ -73,9 +73,14 @@ class Receiver:
     secret: str = ""
     calls: list[dict] = field(default_factory=list)  # every request: delivery id, status answered, signature ok
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # when given, every request is held until it is set
+    arrived: list[str] = field(default_factory=list)  # the delivery id of every request, as it comes in
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.arrived.append(request.headers.get("X-Finmesh-Delivery", ""))
+        if self.gate is not None:
+            await self.gate.wait()
         ok_sig = domain.verify(self.secret, body, request.headers.get("X-Finmesh-Timestamp", ""),
                                request.headers.get("X-Finmesh-Signature", ""), now=time.time(),
                                tolerance=10**9) if self.secret else None

@@ -16,7 +16,7 @@ from finmesh.institution.v1 import institution_pb2 as inst_pb
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.notification.v1 import clock_pb2 as cpb
-from meshkit import topics
+from meshkit import codec, topics
 from meshkit.grpcserver import field_violations
 from meshkit.lifecycle import Runtime
 from services.notifier import app
@@ -124,6 +124,30 @@ async def test_contact_stops_the_clock_and_overrides_set_the_sla(notifier: Runti
     await lead_clock(clocks, sentinel.lead_id, lambda c: c.state == cpb.CLOCK_STATE_BREACHED)
     notes = await inbox(stub, INSTITUTION, inst, lead_id=contacted.lead_id, want=2, timeout=0.5)
     assert [n.kind for n in notes] == ["lead.issued"]
+
+
+async def test_an_institution_without_an_sla_gets_the_default_and_one_without_an_id_is_dead_lettered(
+        clocks, clock, bootstrap: str) -> None:
+    inst = f"bank-{uid()}"
+    await publish(bootstrap, topics.INSTITUTIONS_CHANGED, inst_events.InstitutionChanged(
+        institution=inst_pb.Institution(institution_id=inst, name="Bank", contact_sla_hours=24, version=1)))
+
+    async def probe() -> cpb.LeadClock:
+        return await lead_clock(clocks, (await deliver(bootstrap, clock, inst)).lead_id)
+    assert (await eventually(probe, lambda c: c.sla_hours == 24)).sla_source == "institution"
+    # The institution drops its SLA (0 = none set): new clocks run on the default, and say so.
+    await publish(bootstrap, topics.INSTITUTIONS_CHANGED, inst_events.InstitutionChanged(
+        institution=inst_pb.Institution(institution_id=inst, name="Bank", contact_sla_hours=0, version=2)))
+    c = await eventually(probe, lambda c: c.sla_hours != 24)
+    assert (c.sla_hours, c.sla_source) == (72, "default")
+
+    tag = uid()
+    await publish(bootstrap, topics.INSTITUTIONS_CHANGED, inst_events.InstitutionChanged(
+        institution=inst_pb.Institution(name=f"nameless-{tag}", contact_sla_hours=5, version=1)))
+    dead = await read_until(bootstrap, topics.INSTITUTIONS_CHANGED_DLQ.name, lambda rs: len(rs) >= 1,
+                            keep=lambda r: tag.encode() in r.value)
+    assert len(dead) == 1
+    assert "institution.institution_id" in codec.header(dead[0].headers, codec.DLQ_REASON)
 
 
 async def test_two_replicas_fire_each_clock_once(notifier: Runtime, clocks, clock, bootstrap: str,

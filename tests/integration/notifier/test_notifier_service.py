@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
+from datetime import timedelta
 
 import grpc
 import pytest
+from notifier_support import ENTERPRISE, INSTITUTION, inbox, lead_changed, matched, uid
 
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.notification.v1 import notification_pb2 as pb
-from meshkit import codec, ids, topics
+from meshkit import codec, topics
 from meshkit.grpcserver import field_violations
 from meshkit.kafka import make_producer
 from meshkit.lifecycle import Runtime
+from tests.integration.matcher.matcher_support import publish as publish_one
 
 pytestmark = pytest.mark.integration
-
-ENTERPRISE = pb.RECIPIENT_KIND_ENTERPRISE
-INSTITUTION = pb.RECIPIENT_KIND_INSTITUTION
-
-
-def matched(demand_id: str, uscc: str, institutions: list[str]) -> matching.DemandMatched:
-    msg = matching.DemandMatched(demand_id=demand_id, enterprise_uscc=uscc, candidates_considered=10)
-    for rank, inst in enumerate(institutions, start=1):
-        product_id = f"{inst}-p1"
-        msg.leads.add(lead_id=ids.lead_id(demand_id, product_id), demand_id=demand_id, institution_id=inst,
-                      product_id=product_id, score=90 - rank, rank=rank, status=lead_pb2.LEAD_STATUS_CREATED)
-    return msg
 
 
 async def publish(bootstrap: str, *items: tuple[matching.DemandMatched, str]) -> None:
@@ -42,22 +31,6 @@ async def publish(bootstrap: str, *items: tuple[matching.DemandMatched, str]) ->
                                          headers=codec.make_headers(spec.event_type, "matcher", event_id))
     finally:
         await producer.stop()
-
-
-async def inbox(stub, kind: int, recipient: str, *, want: int = 1, timeout: float = 15.0,
-                **kw) -> list[pb.Notification]:
-    """The recipient's notifications once there are at least ``want`` (or at the timeout)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        reply = await stub.ListNotifications(
-            pb.ListNotificationsRequest(recipient_kind=kind, recipient_id=recipient, page_size=100), **kw)
-        if len(reply.notifications) >= want or asyncio.get_running_loop().time() > deadline:
-            return list(reply.notifications)
-        await asyncio.sleep(0.1)
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:10]
 
 
 async def test_a_match_notifies_the_enterprise_and_each_institution(notifier: Runtime, stub, bootstrap: str) -> None:
@@ -133,3 +106,40 @@ async def test_inbox_pages_newest_first(stub, bootstrap: str) -> None:
         if not token:
             break
     assert seen == [m.demand_id for m in reversed(msgs)]
+
+
+async def test_a_lead_outcome_hours_old_reaches_the_enterprise_named_in_the_event(stub, clock, bootstrap: str
+                                                                                   ) -> None:
+    """After downtime: the notifier never saw the demand, and the event is hours old."""
+    tag = uid()
+    uscc = f"E{tag}"
+    lead = lead_pb2.Lead(lead_id=f"l-{tag}", demand_id=f"d-{tag}", institution_id=f"bank-{tag}", product_id="p")
+    at = clock.now() - timedelta(hours=6)
+    change = lead_changed(lead, lead_pb2.LEAD_STATUS_CONTACTED, 3, at, contacted_at=at)
+    change.enterprise_uscc = uscc
+    await publish_one(bootstrap, topics.LEAD_STATUS_CHANGED, change)
+    [note] = await inbox(stub, ENTERPRISE, uscc)
+    assert note.kind == "lead.outcome" and note.lead_id == lead.lead_id and note.demand_id == lead.demand_id
+
+
+async def test_an_old_event_without_the_enterprise_waits_for_it_instead_of_being_lost(stub, clock,
+                                                                                      bootstrap: str) -> None:
+    tag = uid()
+    uscc, inst = f"E{tag}", f"bank-{tag}"
+    msg = matched(f"d-{tag}", uscc, [inst, f"other-{tag}"])
+    declined, withdrawn = msg.leads
+    at = clock.now() - timedelta(hours=6)
+    # As published before LeadStatusChanged named the enterprise; the notifier has not seen the demand.
+    await publish_one(bootstrap, topics.LEAD_STATUS_CHANGED,
+                      lead_changed(declined, lead_pb2.LEAD_STATUS_DECLINED, 3, at, reason="too much leverage"))
+    # Same demand, so the same partition, after it: once its institution is told, the first was handled.
+    await publish_one(bootstrap, topics.LEAD_STATUS_CHANGED,
+                      lead_changed(withdrawn, lead_pb2.LEAD_STATUS_WITHDRAWN, 3, at))
+    [gone] = await inbox(stub, INSTITUTION, withdrawn.institution_id)
+    assert gone.kind == "lead.withdrawn"
+    assert await inbox(stub, ENTERPRISE, uscc, timeout=0) == []  # the enterprise is not known yet
+
+    await publish(bootstrap, (msg, codec.new_event_id()))  # now it is
+    notes = await inbox(stub, ENTERPRISE, uscc, want=2)
+    outcome = [n for n in notes if n.kind == "lead.outcome"]
+    assert [n.lead_id for n in outcome] == [declined.lead_id] and "too much leverage" in outcome[0].body

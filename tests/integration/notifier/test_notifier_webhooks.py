@@ -4,12 +4,15 @@ twice for a replayed event."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
 import pytest
 from notifier_support import INSTITUTION, Endpoints, Receiver, eventually, inbox, matched, uid
 
+from finmesh.lead.v1 import lead_pb2
+from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.notification.v1 import delivery_pb2 as dlv
 from meshkit import codec, topics
 from meshkit.grpcserver import field_violations
@@ -92,6 +95,58 @@ async def test_a_slow_webhook_times_out_and_does_not_hold_up_a_fast_one(deliveri
         [d] = await listed(deliveries, slow_inst, slow_secret,
                            lambda ds: len(ds) == 1 and ds[0].attempts >= 1)
         assert "no answer within" in d.history[0].error
+
+
+async def test_a_backlog_for_one_webhook_neither_holds_up_another_nor_fails_unsent(deliveries, bootstrap: str
+                                                                                    ) -> None:
+    """40 deliveries for one endpoint that answers nothing until released: the other institution's
+    delivery goes out meanwhile, and every attempt recorded for the backlog was a request the endpoint
+    received (none timed out waiting for a connection)."""
+    tag = uid()
+    busy_inst, other_inst, backlog = f"busy-{tag}", f"other-{tag}", 40
+    async with Endpoints() as server:
+        busy, other = Receiver(gate=asyncio.Event()), Receiver()
+        try:
+            secret = (await register(deliveries, busy_inst, server.add("busy", busy))).secret
+            await register(deliveries, other_inst, server.add("other", other))
+            many = matching.DemandMatched(demand_id=f"d-{tag}", enterprise_uscc=f"E{tag}", candidates_considered=50)
+            for i in range(backlog):
+                many.leads.add(lead_id=f"l-{tag}-{i}", demand_id=many.demand_id, institution_id=busy_inst,
+                               product_id=f"p-{i}", score=90, rank=i + 1, status=lead_pb2.LEAD_STATUS_CREATED)
+            await publish(bootstrap, topics.DEMANDS_MATCHED, many)
+            await eventually(lambda: _async(lambda: busy.arrived), lambda a: len(a) >= 1)
+            await publish(bootstrap, topics.DEMANDS_MATCHED, matched(f"d2-{tag}", f"E2{tag}", [other_inst]))
+            await eventually(lambda: _async(other.delivered), lambda cs: len(cs) == 1)
+            assert len(other.delivered()) == 1
+            assert len(busy.arrived) < backlog  # the other did not wait for the backlog
+        finally:
+            busy.gate.set()  # type: ignore[union-attr]
+        done = await listed(deliveries, busy_inst, secret, lambda ds: len(ds) == backlog and all(
+            d.status != dlv.DELIVERY_STATUS_PENDING for d in ds), timeout=30)
+        assert len(done) == backlog and all(d.status != dlv.DELIVERY_STATUS_PENDING for d in done)
+        assert sum(d.attempts for d in done) == len(busy.arrived)  # no attempt failed without being sent
+
+
+async def test_a_deleted_webhook_gets_no_more_calls_and_its_deliveries_are_dead(deliveries, bootstrap: str
+                                                                                ) -> None:
+    inst = f"bank-{uid()}"
+    async with Endpoints() as server:
+        gone = Receiver(script=[500] * 20, gate=asyncio.Event())  # holds the first call open, then fails it
+        reg = await register(deliveries, inst, server.add("gone", gone))
+        try:
+            await publish(bootstrap, topics.DEMANDS_MATCHED, matched(f"d-{uid()}", f"E{uid()}", [inst]))
+            await eventually(lambda: _async(lambda: gone.arrived), lambda a: len(a) >= 1)
+            deleted = await deliveries.DeleteWebhook(dlv.DeleteWebhookRequest(
+                institution_id=inst, webhook_id=reg.webhook.webhook_id), metadata=(("x-webhook-secret", reg.secret),))
+            assert deleted.deleted
+            calls_at_deletion = len(gone.arrived)
+        finally:
+            gone.gate.set()  # type: ignore[union-attr]
+        # The call in flight at the deletion is recorded; the delivery stays DEAD and is not retried.
+        [d] = await listed(deliveries, inst, reg.secret, lambda ds: len(ds) == 1 and ds[0].attempts == len(
+            gone.arrived) and len(ds[0].history) == ds[0].attempts and ds[0].status == dlv.DELIVERY_STATUS_DEAD)
+        assert d.status == dlv.DELIVERY_STATUS_DEAD and d.dead_reason == "webhook deleted"
+        assert len(d.history) == d.attempts == calls_at_deletion == len(gone.arrived)
 
 
 async def test_registration_needs_the_secret_once_there_is_one(deliveries) -> None:
