@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_ID_CHARS = 128  # ids and idempotency keys
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -52,6 +53,24 @@ class Violations:
         if not ok:
             self.add(field, description)
 
+    def require(self, field: str, value: str, max_chars: int = MAX_ID_CHARS) -> None:
+        """A required id or key: not blank, at most ``max_chars`` characters."""
+        if not value.strip():
+            self.add(field, "is required")
+        elif len(value) > max_chars:
+            self.add(field, f"must be at most {max_chars} characters")
+
+    def fields(self) -> set[str]:
+        """The fields named so far."""
+        return {x.field for x in self.items}
+
     def raise_if_any(self) -> None:
         if self.items:
             raise ValidationFailed(self.items)
+
+
+def require(field: str, value: str, max_chars: int = MAX_ID_CHARS) -> None:
+    """:meth:`Violations.require` for a lone field: :class:`ValidationFailed` naming it if it is wrong."""
+    v = Violations()
+    v.require(field, value, max_chars)
+    v.raise_if_any()

@@ -181,6 +181,10 @@ class Metrics:
             "finmesh_roadshow_granted_amount_fen", "Amount disbursed on the leads made of roadshow intents.",
             registry=r,
         )
+        self.roadshow_schedule_passes = Counter(
+            "finmesh_roadshow_schedule_passes", "Passes of the roadshow schedule completed (plan, advance, invite).",
+            registry=r,
+        )
 
 
 def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> tuple[int, WSGIServer]:

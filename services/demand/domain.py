@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
-from meshkit.errors import FailedPrecondition, PermissionDenied, Violations
+from meshkit.errors import MAX_ID_CHARS, FailedPrecondition, PermissionDenied, Violations
 from meshkit.topics import valid_institution_id
 
 # -- vocabulary (numbering as in the .proto files) --------------------------------------------
@@ -430,7 +430,7 @@ def validate_institution(i: Institution, *, ref: Reference | None = None, prefix
 MAX_AMOUNT_FEN = 10_000_000_000_000  # 100 billion yuan
 MAX_TERM_MONTHS = 360
 MAX_RATE_BPS = 3600
-MAX_KEY_CHARS = 128
+MAX_KEY_CHARS = MAX_ID_CHARS
 MAX_INSTITUTION_IDS = 20  # preferred, and excluded, institutions per demand
 MAX_REASON_CHARS = 500
 DEFAULT_VALIDITY = timedelta(days=90)
@@ -471,10 +471,7 @@ class DemandRequest:
 
 def check_key(v: Violations, field_name: str, key: str) -> None:
     """An idempotency key (request id, portal id, portal demand id): required, at most 128 characters."""
-    if not key.strip():
-        v.add(field_name, "is required")
-    elif len(key) > MAX_KEY_CHARS:
-        v.add(field_name, f"must be at most {MAX_KEY_CHARS} characters")
+    v.require(field_name, key, MAX_KEY_CHARS)
 
 
 def check_demand(v: Violations, d: DemandRequest, *, now: datetime, prefix: str = "demand") -> None:

@@ -32,6 +32,7 @@ from meshkit.errors import (
     PermissionDenied,
     ValidationFailed,
     Violations,
+    require,
 )
 from meshkit.kafka import ensure_topics
 from meshkit.metrics import Metrics
@@ -49,13 +50,6 @@ OUTCOME_CONSUMER = "lead-outcome-reported"
 SLA_CONSUMER = "lead-sla-breached"
 
 
-def _require(field_name: str, value: str) -> None:
-    """A required id: present and at most 128 characters."""
-    v = Violations()
-    d.check_key(v, field_name, value)
-    v.raise_if_any()
-
-
 def _status_events(x: d.Demand, from_seq: int = 1) -> list[Event]:
     """DemandStatusChanged for the history entries of ``x`` from position ``from_seq`` on."""
     return [(topics.DEMAND_STATUS_CHANGED, mapping.demand_status_changed(x, seq),
@@ -63,8 +57,9 @@ def _status_events(x: d.Demand, from_seq: int = 1) -> list[Event]:
             for seq in range(from_seq, len(x.history) + 1)]
 
 
-def _lead_events(lead: d.Lead, from_seq: int = 1) -> list[Event]:
-    return [(topics.LEAD_STATUS_CHANGED, mapping.lead_status_changed(lead, seq),
+def _lead_events(lead: d.Lead, uscc: str, from_seq: int = 1) -> list[Event]:
+    """LeadStatusChanged for the history entries of ``lead`` from ``from_seq`` on; ``uscc``: the demand's enterprise."""
+    return [(topics.LEAD_STATUS_CHANGED, mapping.lead_status_changed(lead, seq, uscc),
              ids.event_id("lead-status-changed", lead.lead_id, str(seq)))
             for seq in range(from_seq, len(lead.history) + 1)]
 
@@ -117,7 +112,7 @@ class Enterprises:
     async def update(self, e: d.Enterprise, paths: Sequence[str], expected_version: int = 0
                      ) -> tuple[d.Enterprise, bool]:
         """Change the fields of ``paths`` (all when empty); optimistic on ``expected_version`` (0 = any)."""
-        _require("enterprise.uscc", e.uscc)
+        require("enterprise.uscc", e.uscc)
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             current = await store.get_enterprise(conn, e.uscc, for_update=True)
@@ -134,7 +129,7 @@ class Enterprises:
             return stored, True
 
     async def get(self, uscc: str) -> d.Enterprise:
-        _require("uscc", uscc)
+        require("uscc", uscc)
         e = await store.get_enterprise(self.pool, uscc)
         if e is None:
             raise NotFound(f"no enterprise with USCC {uscc!r}")
@@ -227,7 +222,7 @@ class Institutions:
         raise PermissionDenied("a valid institution API key is required in the metadata x-api-key")
 
     async def get(self, institution_id: str) -> d.Institution:
-        _require("institution_id", institution_id)
+        require("institution_id", institution_id)
         i = await store.get_institution(self.pool, institution_id)
         if i is None:
             raise NotFound(f"no institution with id {institution_id!r}")
@@ -470,8 +465,8 @@ class Demands:
 
     async def confirm(self, demand_id: str, uscc: str) -> d.Demand:
         """The enterprise confirms a window filing: NEEDS_INFO -> SUBMITTED -> MATCHING; DemandAccepted."""
-        _require("demand_id", demand_id)
-        _require("enterprise_uscc", uscc)
+        require("demand_id", demand_id)
+        require("enterprise_uscc", uscc)
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             demand = await self._load_for_update(conn, demand_id)
@@ -484,8 +479,8 @@ class Demands:
 
     async def withdraw(self, demand_id: str, uscc: str, reason: str) -> d.Demand:
         """The enterprise withdraws its demand and, with it, every open lead."""
-        _require("demand_id", demand_id)
-        _require("enterprise_uscc", uscc)
+        require("demand_id", demand_id)
+        require("enterprise_uscc", uscc)
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             demand = await self._load_for_update(conn, demand_id)
@@ -496,7 +491,7 @@ class Demands:
             for new, _old in changed:
                 await store.save_lead_outcome(conn, new)
             await store.append_lead_history(conn, [(new, len(old.history)) for new, old in changed])
-            evts += [e for new, old in changed for e in _lead_events(new, len(old.history) + 1)]
+            evts += [e for new, old in changed for e in _lead_events(new, uscc, len(old.history) + 1)]
             await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
         return withdrawn
 
@@ -561,7 +556,8 @@ class Demands:
                 evts.append(await _change_status(conn, head, previous, change,
                                                  no_match_explanation=outcome.no_match_explanation))
                 previous = change.status
-            evts += [e for lead in outcome.leads if lead.lead_id in inserted for e in _lead_events(lead)]
+            evts += [e for lead in outcome.leads if lead.lead_id in inserted
+                     for e in _lead_events(lead, head.enterprise_uscc)]
             await outbox.append_many(conn, [*evts, *announce], schema=self.schema, occurred_at=now)
 
     # -- roadshow intents ---------------------------------------------------------------------------------------
@@ -620,7 +616,7 @@ class Demands:
                 return lead, False
             await store.save_lead_outcome(conn, new)
             await store.append_lead_history(conn, [(new, len(lead.history))])
-            evts = _lead_events(new, len(lead.history) + 1)
+            evts = _lead_events(new, head.enterprise_uscc, len(lead.history) + 1)
             leads = [new if x.lead_id == lead_id else x for x in leads]
             previous = head.status
             for to in d.demand_progress(head.status, leads, amount_fen=head.amount_fen,
@@ -642,7 +638,8 @@ class Demands:
             if owner is None:
                 logger.warning("SLA breach of an unknown lead; ignored", lead_id=lead_id)
                 return False
-            await store.lock_demand(conn, owner[0])  # demand first, then its leads
+            head = await store.lock_demand(conn, owner[0])  # demand first, then its leads
+            assert head is not None
             lead = next(x for x in await store.leads_of_demand(conn, owner[0], lock=True) if x.lead_id == lead_id)
             if lead.status != d.LeadStatus.DELIVERED:
                 return False
@@ -650,14 +647,14 @@ class Demands:
                                     reason="contact deadline passed; the demand goes to the next-best institution")
             await store.save_lead_outcome(conn, new)
             await store.append_lead_history(conn, [(new, len(lead.history))])
-            await outbox.append_many(conn, _lead_events(new, len(lead.history) + 1), schema=self.schema,
-                                     occurred_at=self.clock())
+            await outbox.append_many(conn, _lead_events(new, head.enterprise_uscc, len(lead.history) + 1),
+                                     schema=self.schema, occurred_at=self.clock())
         return True
 
     # -- queries ----------------------------------------------------------------------------------------------
 
     async def get(self, demand_id: str) -> d.Demand:
-        _require("demand_id", demand_id)
+        require("demand_id", demand_id)
         demand = await store.load_demand(self.pool, demand_id)
         if demand is None:
             raise NotFound(f"no demand with id {demand_id!r}")

@@ -181,15 +181,21 @@ def plan_month(month: str, *, roadshow_id: str, ref: Reference) -> Roadshow:
         city=cities[index % len(cities)].name,
         held_at=first.replace(day=HELD_DAY, hour=HELD_HOUR_UTC),
         applications_open_at=_first_day(month, -1),
-        applications_close_at=first.replace(day=CLOSE_DAY),
+        applications_close_at=_applications_close(month),
         capacity=AUTOMATIC_CAPACITY, automatic=True,
     )
 
 
-def months_to_plan(now: datetime) -> tuple[str, str]:
-    """The schedule keeps this month's roadshow and next month's (open for applications) in place."""
+def _applications_close(month: str) -> datetime:
+    return _first_day(month).replace(day=CLOSE_DAY)
+
+
+def months_to_plan(now: datetime) -> tuple[str, ...]:
+    """The schedule keeps this month's roadshow and next month's (open for applications) in place;
+    this month's only while its applications are still open (a service first started after the
+    8th does not create a roadshow nobody could apply to)."""
     this = month_of(now)
-    return this, next_month(this)
+    return tuple(m for m in (this, next_month(this)) if now < _applications_close(m))
 
 
 # -- validation ---------------------------------------------------------------------------------------
@@ -218,10 +224,13 @@ def check_theme(v: Violations, t: Theme, ref: Reference, prefix: str = "roadshow
         v.check(t.zone == "", f"{prefix}.theme_zone", "must be empty for a KEY_INDUSTRY theme")
 
 
-def validate_roadshow(r: Roadshow, ref: Reference, prefix: str = "roadshow") -> Roadshow:
+def validate_roadshow(r: Roadshow, ref: Reference, prefix: str = "roadshow", *, v: Violations | None = None,
+                      close_defaulted: bool = False) -> Roadshow:
     """``r`` as it may be stored (the city's canonical name, the month of ``held_at``), else
-    :class:`ValidationFailed` naming every wrong field."""
-    v = Violations()
+    :class:`ValidationFailed` naming every wrong field (with those already in ``v``). When the
+    caller derived ``applications_close_at`` from ``held_at`` (``close_defaulted``), a window
+    that would close too early is ``held_at``'s fault."""
+    v = v or Violations()
     check_theme(v, r.theme, ref, prefix)
     city = ref.city_named(r.city) if r.city.strip() else None
     v.check(city is not None, f"{prefix}.city", "must be one of the pilot cities (reference/pilot_cities.csv)")
@@ -229,10 +238,17 @@ def validate_roadshow(r: Roadshow, ref: Reference, prefix: str = "roadshow") -> 
     v.check(r.month == "" or bool(_MONTH.match(r.month)), f"{prefix}.month", "must look like 2026-11")
     if r.month and _MONTH.match(r.month):
         v.check(month_of(r.held_at) == r.month, f"{prefix}.month", "must be the month of held_at (UTC)")
-    v.check(r.applications_open_at < r.applications_close_at, f"{prefix}.applications_close_at",
-            "must be after applications_open_at")
-    v.check(r.applications_close_at <= r.held_at, f"{prefix}.applications_close_at",
-            "must be at or before held_at")
+    if close_defaulted:
+        held = f"{prefix}.held_at"
+        if held not in v.fields():  # e.g. missing: said already
+            v.check(r.applications_open_at < r.applications_close_at, held,
+                    f"is too soon: applications close {DEFAULT_CLOSE_BEFORE.days} days before it (no "
+                    "applications_close_at given), which must be after applications_open_at")
+    else:
+        v.check(r.applications_open_at < r.applications_close_at, f"{prefix}.applications_close_at",
+                "must be after applications_open_at")
+        v.check(r.applications_close_at <= r.held_at, f"{prefix}.applications_close_at",
+                "must be at or before held_at")
     v.raise_if_any()
     assert city is not None
     return replace(r, city=city.name, month=month_of(r.held_at))
@@ -260,7 +276,10 @@ def updated(current: Roadshow, incoming: Roadshow, paths: Sequence[str], ref: Re
     for p in paths:
         fields[p] = incoming.theme if p == "theme" else getattr(incoming, p)
     changed = replace(current, month="", **fields)  # type: ignore[arg-type]
-    return validate_roadshow(changed, ref, "roadshow")
+    if current.automatic:  # the month's roadshow: another month has its own (one per month)
+        v.check(month_of(changed.held_at) == current.month, "roadshow.held_at",
+                f"must stay in {current.month}: an automatic roadshow is that month's roadshow")
+    return validate_roadshow(changed, ref, "roadshow", v=v)
 
 
 # -- eligibility and ranking -------------------------------------------------------------------------

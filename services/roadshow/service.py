@@ -21,7 +21,7 @@ import asyncpg
 from google.protobuf.message import Message
 
 from meshkit import codec, ids, log, outbox, topics
-from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
+from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, require
 from meshkit.metrics import Metrics
 from services.demand.domain import Reference
 from services.roadshow import domain as r
@@ -32,13 +32,6 @@ logger = log.get(__name__)
 
 Clock = Callable[[], datetime]
 Event = tuple[topics.TopicSpec, Message, str]
-
-
-def _require(field_name: str, value: str, max_chars: int = 128) -> None:
-    v = Violations()
-    v.check(bool(value.strip()) and len(value) <= max_chars, field_name,
-            f"is required, at most {max_chars} characters")
-    v.raise_if_any()
 
 
 def roadshow_id_for_month(month: str) -> str:
@@ -67,21 +60,28 @@ class Roadshows:
     # -- roadshows ---------------------------------------------------------------------------------------
 
     async def create(self, request_id: str, x: r.Roadshow) -> tuple[r.Roadshow, bool]:
-        """An operator's extra roadshow; the same request id again returns the first."""
-        _require("request_id", request_id)
-        existing = await store.roadshow_by_request(self.pool, request_id)
-        if existing is not None:
-            return existing, False
-        now = self.clock()
+        """An operator's extra roadshow; the same request id again returns the first. Every wrong
+        field is named at once."""
         v = Violations()
+        v.require("request_id", request_id)
+        if not v.items:
+            existing = await store.roadshow_by_request(self.pool, request_id)
+            if existing is not None:
+                return existing, False
+        now = self.clock()
         v.check(x.held_at > now, "roadshow.held_at", "is required, in the future")
-        v.raise_if_any()
+        close_defaulted = x.applications_close_at == mapping.UNSET
         x = replace(x, roadshow_id=ids.stable_id("roadshow-extra", request_id), automatic=False,
                     status=r.Status.PLANNED,
                     applications_open_at=now if x.applications_open_at == mapping.UNSET else x.applications_open_at,
-                    applications_close_at=(x.held_at - r.DEFAULT_CLOSE_BEFORE
-                                           if x.applications_close_at == mapping.UNSET else x.applications_close_at))
-        x = r.validate_roadshow(x, self.ref)
+                    applications_close_at=(x.held_at - r.DEFAULT_CLOSE_BEFORE if close_defaulted
+                                           else x.applications_close_at))
+        close_field = "roadshow.held_at" if close_defaulted else "roadshow.applications_close_at"
+        if close_field not in v.fields():  # a window already closed: nobody could apply
+            v.check(x.applications_close_at > now, close_field,
+                    f"is too soon: applications would already be closed ({r.DEFAULT_CLOSE_BEFORE.days} days before "
+                    "held_at when applications_close_at is not given)" if close_defaulted else "must be in the future")
+        x = r.validate_roadshow(x, self.ref, v=v, close_defaulted=close_defaulted)
         async with self.pool.acquire() as conn, conn.transaction():
             stored = await store.insert_roadshow(conn, x, now, request_id=request_id)
             if stored is None:
@@ -91,7 +91,7 @@ class Roadshows:
         return stored, True
 
     async def update(self, incoming: r.Roadshow, paths: list[str]) -> r.Roadshow:
-        _require("roadshow.roadshow_id", incoming.roadshow_id)
+        require("roadshow.roadshow_id", incoming.roadshow_id)
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             current = await self._locked(conn, incoming.roadshow_id)
@@ -105,7 +105,7 @@ class Roadshows:
         return rs
 
     async def get(self, roadshow_id: str) -> r.Roadshow:
-        _require("roadshow_id", roadshow_id)
+        require("roadshow_id", roadshow_id)
         rs = await store.get_roadshow(self.pool, roadshow_id)
         if rs is None:
             raise NotFound(f"no roadshow with id {roadshow_id!r}")
@@ -120,7 +120,8 @@ class Roadshows:
     # -- the schedule -------------------------------------------------------------------------------------
 
     async def ensure_monthly(self) -> list[r.Roadshow]:
-        """Create this month's and next month's automatic roadshows if missing; returns those created."""
+        """Create this month's (while its applications are open) and next month's automatic roadshows if
+        missing; returns those created."""
         created = []
         for month in r.months_to_plan(self.clock()):
             plan = r.plan_month(month, roadshow_id=roadshow_id_for_month(month), ref=self.ref)
@@ -178,6 +179,7 @@ class Roadshows:
             pass
         await self.invite()
         await self.refresh_gauges()
+        self.metrics.roadshow_schedule_passes.inc()
 
     async def run_schedule(self, interval_seconds: float) -> None:
         """The background task: keep the schedule every ``interval_seconds``, until cancelled."""
@@ -215,19 +217,23 @@ class Roadshows:
                 raise FailedPrecondition(f"no enterprise with USCC {uscc} is registered on the platform (a newly "
                                          "registered one is known here within seconds)")
             reasons = r.refusal_reasons(e, rs.theme)
+            # refused again for the same reasons: recorded, but the enterprise was told already
+            told = (existing is not None and existing.status == AS.REFUSED
+                    and existing.refusal_reasons == tuple(reasons))
             saved = await store.save_application(conn, store.Application(
                 roadshow_id=roadshow_id, uscc=uscc, status=AS.REFUSED if reasons else AS.APPLIED,
                 amount_sought_fen=amount_sought_fen, purpose=purpose, pitch=pitch, applied_at=now, updated_at=now,
                 refusal_reasons=tuple(reasons)))
             kind = mapping.NOTICE_REFUSED if reasons else mapping.NOTICE_RECEIVED
-            await self._announce(conn, [self._notice(rs, kind, uscc, reason="; ".join(reasons),
-                                                     discriminator=str(saved.attempts), now=now)], now)
+            if not told:
+                await self._announce(conn, [self._notice(rs, kind, uscc, reason="; ".join(reasons),
+                                                         discriminator=str(saved.attempts), now=now)], now)
         if reasons:
             raise FailedPrecondition(f"{e.name or uscc} is not eligible for roadshow {rs.title}: " + "; ".join(reasons))
         return saved, True
 
     async def applications(self, roadshow_id: str, status: int, limit: int, offset: int) -> list[store.Application]:
-        _require("roadshow_id", roadshow_id)
+        require("roadshow_id", roadshow_id)
         v = Violations()
         v.check(status in AS._value2member_map_, "status", "is not a known application status")
         v.raise_if_any()
@@ -277,8 +283,8 @@ class Roadshows:
     # -- investors and intents ----------------------------------------------------------------------------------
 
     async def register_investor(self, roadshow_id: str, institution_id: str) -> tuple[asyncpg.Record, bool]:
-        _require("roadshow_id", roadshow_id)
-        _require("institution_id", institution_id, 63)
+        require("roadshow_id", roadshow_id)
+        require("institution_id", institution_id, 63)
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             rs = await self._locked(conn, roadshow_id)
@@ -343,7 +349,7 @@ class Roadshows:
         return intent, True
 
     async def intents(self, roadshow_id: str, limit: int, offset: int) -> list[store.Intent]:
-        _require("roadshow_id", roadshow_id)
+        require("roadshow_id", roadshow_id)
         return await store.list_intents(self.pool, roadshow_id, limit, offset)
 
     # -- read models (from the demand service's topics) -------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import asyncpg
@@ -18,10 +18,10 @@ Conn = asyncpg.Connection | asyncpg.Pool
 
 # -- roadshows ----------------------------------------------------------------------------------------
 
-_COLS = ("roadshow_id, month, theme, theme_kind, theme_industry, theme_zone, city, held_at, applications_open_at,"
-         " applications_close_at, capacity, status, automatic, created_at, version,"
-         " (SELECT count(*) FROM applications a WHERE a.roadshow_id = roadshows.roadshow_id AND a.status = 3)"
-         " AS presenters")
+_ROW = ("roadshow_id, month, theme, theme_kind, theme_industry, theme_zone, city, held_at, applications_open_at,"
+        " applications_close_at, capacity, status, automatic, created_at, version")
+_PRESENTERS = "SELECT count(*) FROM applications a WHERE a.roadshow_id = {} AND a.status = 3"
+_COLS = f"{_ROW}, ({_PRESENTERS.format('roadshows.roadshow_id')}) AS presenters"
 
 
 def _roadshow(x: asyncpg.Record) -> r.Roadshow:
@@ -51,9 +51,19 @@ async def insert_roadshow(conn: Conn, x: r.Roadshow, now: datetime, *, request_i
 
 
 async def get_roadshow(conn: Conn, roadshow_id: str, *, lock: bool = False) -> r.Roadshow | None:
-    row = await conn.fetchrow(f"SELECT {_COLS} FROM roadshows WHERE roadshow_id = $1{' FOR UPDATE' if lock else ''}",
+    """The roadshow (``lock``: its row locked until the transaction ends). Locked, its presenters
+    are counted in a second statement, after the lock is granted: under READ COMMITTED a count in
+    the locking statement would see the snapshot taken before it waited for the lock, and miss
+    presenters selected by the transaction that held it."""
+    if not lock:
+        row = await conn.fetchrow(f"SELECT {_COLS} FROM roadshows WHERE roadshow_id = $1", roadshow_id)
+        return _roadshow(row) if row else None
+    row = await conn.fetchrow(f"SELECT {_ROW}, 0 AS presenters FROM roadshows WHERE roadshow_id = $1 FOR UPDATE",
                               roadshow_id)
-    return _roadshow(row) if row else None
+    if row is None:
+        return None
+    presenters = await conn.fetchval(_PRESENTERS.format("$1"), roadshow_id)
+    return replace(_roadshow(row), presenters=presenters)
 
 
 async def roadshow_by_request(conn: Conn, request_id: str) -> r.Roadshow | None:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from meshkit import topics
-from meshkit.kafka import ensure_topics
+from meshkit.kafka import ensure_topics, make_producer
 from meshkit.lifecycle import Runtime
 from meshkit.settings import ServiceSettings
 
@@ -65,3 +65,13 @@ async def bootstrap(kafka_broker) -> str:
     """The broker's bootstrap servers, with every registry topic created."""
     await ensure_topics(kafka_broker.bootstrap_servers, topics.concrete())
     return kafka_broker.bootstrap_servers
+
+
+@pytest.fixture(scope="module")
+async def producer(bootstrap: str) -> AsyncIterator:
+    """A plain producer standing in for other services, portals and institutions' systems (accepts
+    records up to the broker's limit, and records those services would never write)."""
+    p = make_producer(bootstrap, f"test-{uuid.uuid4().hex[:6]}")
+    await p.start()
+    yield p
+    await p.stop()

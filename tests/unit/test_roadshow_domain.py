@@ -34,7 +34,13 @@ def test_the_monthly_plan_is_deterministic_and_well_formed() -> None:
     assert r.validate_roadshow(a, REF).city == a.city
     # January wraps around to the year before for its window
     assert r.plan_month("2027-01", roadshow_id="y", ref=REF).applications_open_at == datetime(2026, 12, 1, tzinfo=UTC)
-    assert r.months_to_plan(datetime(2026, 12, 31, 23, tzinfo=UTC)) == ("2026-12", "2027-01")
+    assert r.months_to_plan(datetime(2026, 12, 7, 23, tzinfo=UTC)) == ("2026-12", "2027-01")
+
+
+def test_a_month_whose_applications_closed_is_not_planned_any_more() -> None:
+    # a service first started after the 8th would otherwise create an empty roadshow, HELD at once
+    assert r.months_to_plan(datetime(2026, 12, 8, tzinfo=UTC)) == ("2027-01",)
+    assert r.months_to_plan(datetime(2026, 12, 31, 23, tzinfo=UTC)) == ("2027-01",)
 
 
 @given(st.integers(min_value=2020, max_value=2100), st.integers(min_value=1, max_value=12))
@@ -69,6 +75,33 @@ def test_updates_after_selection_are_limited() -> None:
         r.updated(selected, plan, ["capacity"], REF)
     with pytest.raises(ValidationFailed):
         r.updated(plan, plan, ["status"], REF)
+
+
+def test_an_automatic_roadshow_stays_in_its_month() -> None:
+    plan = r.plan_month("2026-04", roadshow_id="x", ref=REF)
+    later = r.updated(plan, r.Roadshow("x", "", IC, "", plan.held_at + timedelta(days=10), T0, T0, 0),
+                      ["held_at"], REF)
+    assert later.month == "2026-04"
+    with pytest.raises(ValidationFailed) as info:  # May has its own automatic roadshow
+        r.updated(plan, r.Roadshow("x", "", IC, "Atlantis", plan.held_at + timedelta(days=20), T0, T0, 0),
+                  ["held_at", "city"], REF)
+    assert {(v.field, v.description) for v in info.value.violations} >= {
+        ("roadshow.held_at", "must stay in 2026-04: an automatic roadshow is that month's roadshow")}
+    assert {v.field for v in info.value.violations} == {"roadshow.held_at", "roadshow.city"}
+    extra = r.Roadshow(**{**plan.__dict__, "automatic": False})  # an operator's may move
+    assert r.updated(extra, r.Roadshow("x", "", IC, "", plan.held_at + timedelta(days=20), T0, T0, 0),
+                     ["held_at"], REF).month == "2026-05"
+
+
+def test_a_window_defaulted_from_held_at_is_held_ats_fault() -> None:
+    held = T0 + timedelta(days=3)
+    x = r.Roadshow("x", "", IC, "Xiamen", held, T0, held - r.DEFAULT_CLOSE_BEFORE, 5)
+    with pytest.raises(ValidationFailed) as info:
+        r.validate_roadshow(x, REF, close_defaulted=True)
+    assert [v.field for v in info.value.violations] == ["roadshow.held_at"]
+    with pytest.raises(ValidationFailed) as info:
+        r.validate_roadshow(x, REF)
+    assert [v.field for v in info.value.violations] == ["roadshow.applications_close_at"]
 
 
 def test_eligibility_says_every_reason() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,7 +12,6 @@ from finmesh.demand.v1 import demand_pb2_grpc as dm_grpc
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
 from finmesh.lead.v1 import lead_pb2_grpc as lead_grpc
-from meshkit.kafka import make_producer
 from meshkit.lifecycle import Runtime
 from services.demand import app
 
@@ -38,12 +36,3 @@ async def stubs(demand_rt: Runtime) -> AsyncIterator[Stubs]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as channel:
         yield Stubs(dm_grpc.DemandServiceStub(channel), ent_grpc.EnterpriseServiceStub(channel),
                     inst_grpc.InstitutionServiceStub(channel), lead_grpc.LeadServiceStub(channel))
-
-
-@pytest.fixture(scope="module")
-async def producer(bootstrap: str) -> AsyncIterator:
-    """A plain producer standing in for portals and the matcher (accepts records up to the broker's limit)."""
-    p = make_producer(bootstrap, f"test-{uuid.uuid4().hex[:6]}")
-    await p.start()
-    yield p
-    await p.stop()

@@ -1,27 +1,31 @@
 """The demand service and two roadshow replicas, running in-process on the real broker and one
-fresh database; the replicas share a clock the tests move."""
+fresh database; the replicas share a clock the tests move (forward only). The services are the
+module's; each test builds the roadshows and enterprises it needs (``applied``, ``selected``), so
+any test passes alone."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from types import SimpleNamespace
 
 import grpc
 import pytest
+from roadshow_support import START, WAN, apply, create, registered, until_status  # noqa: I001 - the folder's helpers
 
+from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2_grpc as dm_grpc
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
 from finmesh.lead.v1 import lead_pb2_grpc as lead_grpc
+from finmesh.roadshow.v1 import roadshow_pb2 as rs
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
 from meshkit.lifecycle import Runtime
 from services.demand import app as demand_app
 from services.roadshow import app as roadshow_app
-
-START = datetime(2030, 3, 3, tzinfo=UTC)
 
 
 class Clock:
@@ -104,3 +108,29 @@ async def stubs(demand_rt: Runtime) -> AsyncIterator[SimpleNamespace]:
                               enterprises=ent_grpc.EnterpriseServiceStub(channel),
                               institutions=inst_grpc.InstitutionServiceStub(channel),
                               leads=lead_grpc.LeadServiceStub(channel))
+
+
+@pytest.fixture
+async def applied(roadshow: rs_grpc.RoadshowServiceStub, stubs: SimpleNamespace, clock: Clock) -> SimpleNamespace:
+    """A new roadshow (2 places, applications close in 5 days, held in 10) with three applicants
+    and one refused: a (provincial SRDI, intelligent equipment, a first-time borrower, 5 million
+    yuan), b (little giant, has borrowed, 20 million), c (provincial, has borrowed, 5 million) and
+    d (an innovative SME in aerospace: refused). ``replies``: the Apply replies, ``refused``: d's error."""
+    x = await create(roadshow, clock.now, capacity=2)
+    a, b, c, d = await asyncio.gather(
+        registered(stubs), registered(stubs, srdi_tier=fin.SRDI_TIER_LITTLE_GIANT, has_borrowed=True),
+        registered(stubs, has_borrowed=True),
+        registered(stubs, srdi_tier=fin.SRDI_TIER_INNOVATIVE_SME, key_industry=fin.KEY_INDUSTRY_AEROSPACE))
+    refused = await apply(roadshow, x.roadshow_id, d)
+    replies = {}
+    for uscc, amount in ((a, 500 * WAN), (b, 2000 * WAN), (c, 500 * WAN)):
+        replies[uscc] = await apply(roadshow, x.roadshow_id, uscc, amount)
+    return SimpleNamespace(roadshow=x, a=a, b=b, c=c, d=d, refused=refused, replies=replies)
+
+
+@pytest.fixture
+async def selected(applied: SimpleNamespace, roadshow: rs_grpc.RoadshowServiceStub, clock: Clock) -> SimpleNamespace:
+    """``applied`` once its window has closed and the presenters are selected (b and a)."""
+    clock.advance(timedelta(days=6))
+    await until_status(roadshow, applied.roadshow.roadshow_id, rs.ROADSHOW_STATUS_SELECTION)
+    return applied

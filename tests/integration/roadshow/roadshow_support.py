@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demand"))
@@ -22,6 +26,9 @@ from finmesh.institution.v1 import institution_pb2 as inst  # noqa: E402
 from finmesh.roadshow.v1 import events_pb2 as ev  # noqa: E402
 from finmesh.roadshow.v1 import roadshow_pb2 as rs  # noqa: E402
 from meshkit import topics  # noqa: E402
+from meshkit.lifecycle import Runtime  # noqa: E402
+
+START = datetime(2030, 3, 3, tzinfo=UTC)  # where the module's clock starts
 
 
 def ts(at: datetime) -> Timestamp:
@@ -75,15 +82,56 @@ async def register_institution(stubs, name: str, type_: int = inst.INSTITUTION_T
     return institution_id, reply.api_key
 
 
-async def notices(bootstrap: str, roadshow_id: str, expected: int, linger: float = 1.5,
-                  recipients: set[str] | None = None) -> list[ev.RoadshowNotice]:
-    """The notices of one roadshow on the notice topic (to ``recipients`` only, if given: the broker
-    is shared with other tests' enterprises), once ``expected`` have arrived (and ``linger`` more
-    seconds, to catch duplicates)."""
-    def mine(rec) -> bool:  # noqa: ANN001
-        notice = ev.RoadshowNotice.FromString(rec.value)
-        return notice.roadshow_id == roadshow_id and (recipients is None or notice.recipient_id in recipients)
+async def read_to_end(bootstrap: str, spec: topics.TopicSpec, keep: Callable[[ConsumerRecord], bool],
+                      timeout: float = 20.0) -> list[ConsumerRecord]:
+    """The records of ``spec``'s topic for which ``keep`` holds, from the beginning to the end
+    offsets as they are when called: everything published so far, and nothing left to wait for."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
+        consumer.assign(parts)
+        end = await consumer.end_offsets(parts)
+        found: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
+            assert time.monotonic() < deadline, f"{spec.name} not read to its end offsets {end}"
+            batch = await consumer.getmany(*parts, timeout_ms=200)
+            found += [r for tp, records in batch.items() for r in records if r.offset < end[tp] and keep(r)]
+        return found
+    finally:
+        await consumer.stop()
 
-    found = await read_topic(bootstrap, topics.ROADSHOW_NOTICES.name, lambda xs: len(xs) >= expected, mine,
-                             timeout=20, linger=linger)
-    return [ev.RoadshowNotice.FromString(x.value) for x in found]
+
+async def outbox_drained(runtimes: list[Runtime]) -> None:
+    """Wait until the roadshow's outbox is empty: every event committed so far is on its topic."""
+    pool = runtimes[0].pool
+    left = await eventually(lambda: pool.fetchval("SELECT count(*) FROM outbox"), lambda n: n == 0, timeout=20)
+    assert left == 0, f"{left} events still in the outbox"
+
+
+def _passes(runtimes: list[Runtime]) -> list[float]:
+    return [rt.metrics.registry.get_sample_value("finmesh_roadshow_schedule_passes_total") or 0.0 for rt in runtimes]
+
+
+async def schedule_passes(runtimes: list[Runtime], n: int = 2) -> None:
+    """Wait until every replica has completed ``n`` more passes of its schedule (so at least one
+    whole pass of each began after the call)."""
+    start = _passes(runtimes)
+    done = await eventually(lambda: asyncio.sleep(0, _passes(runtimes)),
+                            lambda now: all(b >= a + n for a, b in zip(start, now, strict=True)), timeout=20)
+    assert all(b >= a + n for a, b in zip(start, done, strict=True)), (start, done)
+
+
+async def notices(bootstrap: str, runtimes: list[Runtime], roadshow_id: str, recipients: set[str]
+                  ) -> list[ev.RoadshowNotice]:
+    """Every notice of one roadshow to ``recipients`` (the broker is shared with other tests'
+    enterprises) that the roadshow has issued so far: once its outbox is drained, the notice topic
+    read to its end."""
+    def mine(rec: ConsumerRecord) -> bool:
+        notice = ev.RoadshowNotice.FromString(rec.value)
+        return notice.roadshow_id == roadshow_id and notice.recipient_id in recipients
+
+    await outbox_drained(runtimes)
+    return [ev.RoadshowNotice.FromString(x.value) for x in await read_to_end(bootstrap, topics.ROADSHOW_NOTICES, mine)]

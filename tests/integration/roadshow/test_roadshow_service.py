@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from roadshow_support import (  # noqa: I001 - the test folder's own helpers
+    START,
     WAN,
     apply,
     create,
     eventually,
+    headers,
+    new_uscc,
     notices,
     read_topic,
     register_institution,
     registered,
     rpc_error,
+    schedule_passes,
     submit,
     ts,
     until_status,
@@ -32,25 +37,35 @@ from roadshow_support import (  # noqa: I001 - the test folder's own helpers
 
 from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dm
+from finmesh.demand.v1 import events_pb2 as dm_events
+from finmesh.enterprise.v1 import events_pb2 as ent_events
+from finmesh.institution.v1 import events_pb2 as inst_events
 from finmesh.institution.v1 import institution_pb2 as inst
 from finmesh.lead.v1 import lead_pb2 as ld
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.roadshow.v1 import events_pb2 as ev
 from finmesh.roadshow.v1 import roadshow_pb2 as rs
-from meshkit import topics
+from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
+from meshkit import codec, topics
 from meshkit.grpcserver import field_violations
+from services.roadshow.domain import month_of, next_month
 
 pytestmark = pytest.mark.integration
-
-state: dict[str, object] = {}  # what one test leaves for the next (they run in order)
 
 
 def automatic(reply: rs.ListRoadshowsResponse) -> list[rs.Roadshow]:
     return [x for x in reply.roadshows if x.automatic]
 
 
+async def automatic_of(roadshow, month: str) -> list[rs.Roadshow]:  # noqa: ANN001
+    return automatic(await roadshow.ListRoadshows(rs.ListRoadshowsRequest(month=month)))
+
+
 async def test_the_monthly_roadshow_is_created_once_by_two_replicas_and_across_a_restart(roadshow, replicas,
                                                                                         clock) -> None:
+    # the module's first test: the replicas planned their months from its start (tests move the clock on)
+    assert clock.now == START, "run this test first in its module"
+
     async def of(month: str) -> list[rs.Roadshow]:
         return automatic(await roadshow.ListRoadshows(rs.ListRoadshowsRequest(month=month)))
 
@@ -62,15 +77,22 @@ async def test_the_monthly_roadshow_is_created_once_by_two_replicas_and_across_a
     assert march.status == rs.ROADSHOW_STATUS_OPEN_FOR_APPLICATIONS
 
     await replicas.restart(1)
-    await asyncio.sleep(1.0)  # several schedule passes of both replicas
+    await schedule_passes(replicas.runtimes)  # whole passes of both replicas, one of them new
     assert [len(await of(m)) for m in ("2030-03", "2030-04")] == [1, 1]
 
     clock.advance(timedelta(days=31))  # 2030-04-03: May's roadshow is due
     found = await eventually(lambda: of("2030-05"), lambda xs: len(xs) >= 1)
-    await asyncio.sleep(1.0)
+    await schedule_passes(replicas.runtimes)
     assert [len(await of(m)) for m in ("2030-03", "2030-04", "2030-05")] == [1, 1, 1]
     assert found[0].roadshow_id != march.roadshow_id
     assert (await until_status(roadshow, march.roadshow_id, rs.ROADSHOW_STATUS_HELD)).month == "2030-03"
+
+    # as if the service were first started on 2030-06-20: June's applications closed on the 8th, so
+    # June gets no roadshow (it would be HELD at once, without presenters); July's is planned
+    clock.advance(datetime(2030, 6, 20, tzinfo=UTC) - clock.now)
+    july = await eventually(lambda: of("2030-07"), lambda xs: len(xs) >= 1)
+    await schedule_passes(replicas.runtimes)
+    assert [len(await of(m)) for m in ("2030-06", "2030-07")] == [0, 1] and july[0].automatic
 
 
 async def test_operators_create_update_and_get_roadshows(roadshow, clock) -> None:
@@ -87,7 +109,7 @@ async def test_operators_create_update_and_get_roadshows(roadshow, clock) -> Non
         city="Mianyang", held_at=ts(clock.now + timedelta(days=20)), capacity=5)))
     repeat = await roadshow.CreateRoadshow(rs.CreateRoadshowRequest(request_id="r2", roadshow=rs.Roadshow()))
     assert again.created and not repeat.created and repeat.roadshow.roadshow_id == again.roadshow.roadshow_id
-    assert not x.automatic and x.month == "2030-04" and x.version == 1
+    assert not x.automatic and x.month == month_of(clock.now + timedelta(days=10)) and x.version == 1
     x = await until_status(roadshow, x.roadshow_id, rs.ROADSHOW_STATUS_OPEN_FOR_APPLICATIONS)  # its window opened
 
     changed = await roadshow.UpdateRoadshow(rs.UpdateRoadshowRequest(
@@ -106,43 +128,72 @@ async def test_operators_create_update_and_get_roadshows(roadshow, clock) -> Non
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_applicants_are_checked_and_an_ineligible_one_is_refused_with_the_reasons(roadshow, stubs,
-                                                                                        clock) -> None:
-    x = await create(roadshow, clock.now, capacity=2)
-    a = await registered(stubs)  # provincial SRDI, intelligent equipment, a first-time borrower
-    b = await registered(stubs, srdi_tier=fin.SRDI_TIER_LITTLE_GIANT, has_borrowed=True)
-    c = await registered(stubs, has_borrowed=True)
-    d = await registered(stubs, srdi_tier=fin.SRDI_TIER_INNOVATIVE_SME, key_industry=fin.KEY_INDUSTRY_AEROSPACE)
+async def test_create_roadshow_names_every_wrong_field_at_once(roadshow, clock) -> None:
+    aerospace = dict(theme="Aerospace", theme_kind=rs.THEME_KIND_KEY_INDUSTRY,
+                     theme_industry=fin.KEY_INDUSTRY_AEROSPACE, capacity=5)
+    err = await rpc_error(roadshow.CreateRoadshow(rs.CreateRoadshowRequest(request_id=" ", roadshow=rs.Roadshow(
+        city="Gotham", **aerospace))))  # no request id, no date, no such city
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(err)) == {"request_id", "roadshow.held_at", "roadshow.city"}
 
+    # held in 3 days, no applications_close_at: the window would close 7 days before, in the past
+    err = await rpc_error(roadshow.CreateRoadshow(rs.CreateRoadshowRequest(
+        request_id=f"req-{uuid.uuid4()}", roadshow=rs.Roadshow(city="Xiamen", held_at=ts(clock.now + timedelta(days=3)),
+                                                               **aerospace))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = field_violations(err)
+    assert set(violations) == {"roadshow.held_at"} and "applications_close_at" in violations["roadshow.held_at"]
+
+
+async def test_an_automatic_roadshow_cannot_move_to_another_month(roadshow, clock) -> None:
+    month = next_month(month_of(clock.now))  # always planned, before its selection
+    (x,) = await eventually(lambda: automatic_of(roadshow, month), lambda xs: len(xs) == 1)
+    err = await rpc_error(roadshow.UpdateRoadshow(rs.UpdateRoadshowRequest(
+        roadshow=rs.Roadshow(roadshow_id=x.roadshow_id, held_at=ts(x.held_at.ToDatetime(UTC) + timedelta(days=31))),
+        update_mask=FieldMask(paths=["held_at"]))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err) == {
+        "roadshow.held_at": f"must stay in {month}: an automatic roadshow is that month's roadshow"}
+    within = x.held_at.ToDatetime(UTC) + timedelta(days=1)  # a day later, the same month: fine
+    moved = await roadshow.UpdateRoadshow(rs.UpdateRoadshowRequest(
+        roadshow=rs.Roadshow(roadshow_id=x.roadshow_id, held_at=ts(within)), update_mask=FieldMask(paths=["held_at"])))
+    assert (moved.roadshow.month, moved.roadshow.held_at.ToDatetime(UTC)) == (month, within)
+
+
+async def test_applicants_are_checked_and_an_ineligible_one_is_refused_with_the_reasons(
+        roadshow, replicas, applied, bootstrap: str) -> None:
+    x, a, b, c, d = applied.roadshow, applied.a, applied.b, applied.c, applied.d
     err = await rpc_error(roadshow.Apply(rs.ApplyRequest(roadshow_id=x.roadshow_id, enterprise_uscc="bad")))
     assert set(field_violations(err)) == {"enterprise_uscc", "amount_sought_fen", "purpose"}
 
-    refused = await apply(roadshow, x.roadshow_id, d)
+    refused = applied.refused
     assert isinstance(refused, grpc.aio.AioRpcError)
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "INNOVATIVE_SME" in refused.details() and "KEY_INDUSTRY" not in refused.details()
     assert "INTELLIGENT_EQUIPMENT" in refused.details() and "AEROSPACE" in refused.details()
+    again = await apply(roadshow, x.roadshow_id, d)  # refused again, for the same reasons
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION and again.details() == refused.details()
 
-    applied = {}
-    for uscc, amount in ((a, 500 * WAN), (b, 2000 * WAN), (c, 500 * WAN)):
-        reply = await apply(roadshow, x.roadshow_id, uscc, amount)
+    for uscc in (a, b, c):
+        reply = applied.replies[uscc]
         assert reply.created and reply.application.status == rs.APPLICATION_STATUS_APPLIED
-        applied[uscc] = reply.application
     assert not (await apply(roadshow, x.roadshow_id, a)).created  # applying twice is one application
 
     listed = await roadshow.ListApplications(rs.ListApplicationsRequest(
         roadshow_id=x.roadshow_id, status=rs.APPLICATION_STATUS_REFUSED))
     assert [app.enterprise_uscc for app in listed.applications] == [d]
     assert len(listed.applications[0].refusal_reasons) == 2
-    state.update(roadshow=x, a=a, b=b, c=c, d=d)
+
+    # each told once: d of its refusal (not again for the same reasons), a of one application
+    told = await notices(bootstrap, replicas.runtimes, x.roadshow_id, {a, b, c, d})
+    assert Counter((n.recipient_id, n.kind) for n in told) == Counter({
+        (a, ev.NOTICE_KIND_APPLICATION_RECEIVED): 1, (b, ev.NOTICE_KIND_APPLICATION_RECEIVED): 1,
+        (c, ev.NOTICE_KIND_APPLICATION_RECEIVED): 1, (d, ev.NOTICE_KIND_APPLICATION_REFUSED): 1})
 
 
-async def test_presenters_are_selected_once_by_the_ranking_and_operators_can_override(roadshow, clock,
-                                                                                      bootstrap: str) -> None:
-    x: rs.Roadshow = state["roadshow"]  # type: ignore[assignment]
-    a, b, c, d = (state[k] for k in "abcd")
-    clock.advance(timedelta(days=6))  # the window closed
-    await until_status(roadshow, x.roadshow_id, rs.ROADSHOW_STATUS_SELECTION)
+async def test_presenters_are_selected_once_by_the_ranking_and_operators_can_override(
+        roadshow, replicas, selected, bootstrap: str) -> None:
+    x, a, b, c, d = selected.roadshow, selected.a, selected.b, selected.c, selected.d
     apps = (await roadshow.ListApplications(rs.ListApplicationsRequest(roadshow_id=x.roadshow_id))).applications
     by = {app.enterprise_uscc: app for app in apps}
     # b: little giant 40 + industry 20 + 20 million yuan 15 = 75; a: 25 + 20 + 10 + first-time 15 = 70; c: 55
@@ -167,7 +218,8 @@ async def test_presenters_are_selected_once_by_the_ranking_and_operators_can_ove
     assert "replaces a" in swapped.selection_reason
 
     # everyone was told, exactly once each, though two replicas ran the schedule
-    told = await notices(bootstrap, x.roadshow_id, expected=9, recipients={a, b, c, d})
+    await schedule_passes(replicas.runtimes)
+    told = await notices(bootstrap, replicas.runtimes, x.roadshow_id, {a, b, c, d})
     kinds = Counter((n.recipient_id, n.kind) for n in told)
     assert kinds == Counter({
         (a, ev.NOTICE_KIND_APPLICATION_RECEIVED): 1, (b, ev.NOTICE_KIND_APPLICATION_RECEIVED): 1,
@@ -178,10 +230,49 @@ async def test_presenters_are_selected_once_by_the_ranking_and_operators_can_ove
     assert all(n.roadshow_title and n.city == "Xiamen" for n in told)
 
 
+async def test_concurrent_overrides_for_the_last_place_select_exactly_one(roadshow, replicas, stubs, clock) -> None:
+    x = await create(roadshow, clock.now, capacity=2)
+    usccs = await asyncio.gather(*(registered(stubs) for _ in range(6)))
+    for uscc in usccs:
+        assert (await apply(roadshow, x.roadshow_id, uscc)).created
+    clock.advance(timedelta(days=6))
+    await until_status(roadshow, x.roadshow_id, rs.ROADSHOW_STATUS_SELECTION)
+    apps = (await roadshow.ListApplications(rs.ListApplicationsRequest(roadshow_id=x.roadshow_id))).applications
+    chosen = [app.enterprise_uscc for app in apps if app.status == rs.APPLICATION_STATUS_SELECTED]
+    waiting = [app.enterprise_uscc for app in apps if app.status == rs.APPLICATION_STATUS_NOT_SELECTED]
+    assert (len(chosen), len(waiting)) == (2, 4)
+    await roadshow.OverrideSelection(rs.OverrideSelectionRequest(
+        roadshow_id=x.roadshow_id, enterprise_uscc=chosen[0], selected=False, reason="withdrew", operator_id="op-1"))
+
+    # one place left; four operators take it at once, through both replicas
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas.runtimes[1].grpc_port}") as channel:
+        other = rs_grpc.RoadshowServiceStub(channel)
+        results = await asyncio.gather(*(
+            (roadshow, other)[i % 2].OverrideSelection(rs.OverrideSelectionRequest(
+                roadshow_id=x.roadshow_id, enterprise_uscc=uscc, selected=True, reason="local", operator_id=f"op-{i}"))
+            for i, uscc in enumerate(waiting)), return_exceptions=True)
+    won = [r for r in results if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(won) == 1, results
+    assert all(isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.FAILED_PRECONDITION
+               and "places are taken" in e.details() for e in lost), lost
+    got = (await roadshow.GetRoadshow(rs.GetRoadshowRequest(roadshow_id=x.roadshow_id))).roadshow
+    listed = await roadshow.ListApplications(rs.ListApplicationsRequest(
+        roadshow_id=x.roadshow_id, status=rs.APPLICATION_STATUS_SELECTED))
+    assert got.presenters == len(listed.applications) == 2
+
+
+async def test_record_intent_names_every_wrong_field(roadshow) -> None:
+    err = await rpc_error(roadshow.RecordIntent(rs.RecordIntentRequest(
+        enterprise_uscc="bad", intended_amount_fen=-1, instrument=9, note="n" * 1001, term_months=-1)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(err)) == {"roadshow_id", "institution_id", "enterprise_uscc", "intended_amount_fen",
+                                          "instrument", "note", "term_months"}
+
+
 async def test_an_intent_becomes_a_lead_whose_disbursement_is_the_reports_granted_amount(
-        roadshow, stubs, replicas, clock, bootstrap: str) -> None:
-    x: rs.Roadshow = state["roadshow"]  # type: ignore[assignment]
-    b, d = state["b"], state["d"]
+        roadshow, stubs, replicas, clock, selected, bootstrap: str) -> None:
+    x, b, d = selected.roadshow, selected.b, selected.d
     fund, key = await register_institution(stubs, "fund")
     guarantor, _ = await register_institution(stubs, "guarantor", inst.INSTITUTION_TYPE_GUARANTOR)
     investor = await when_known(lambda: roadshow.RegisterInvestor(rs.RegisterInvestorRequest(
@@ -253,13 +344,50 @@ async def test_an_intent_becomes_a_lead_whose_disbursement_is_the_reports_grante
     assert set(field_violations(err)) == {"held_to"}
 
 
-async def test_srdi_enterprises_with_open_demands_fitting_the_theme_are_invited_once(roadshow, stubs, clock,
-                                                                                     bootstrap: str) -> None:
+async def test_srdi_enterprises_with_open_demands_fitting_the_theme_are_invited_once(roadshow, replicas, stubs,
+                                                                                     clock, bootstrap: str) -> None:
     fits = await registered(stubs)
     other = await registered(stubs, key_industry=fin.KEY_INDUSTRY_AEROSPACE)
-    await submit(stubs, fits)
     await submit(stubs, other)
+    await submit(stubs, fits)
     x = await create(roadshow, clock.now)
-    told = await notices(bootstrap, x.roadshow_id, expected=1, recipients={fits, other})
+    told = await eventually(lambda: notices(bootstrap, replicas.runtimes, x.roadshow_id, {fits, other}),
+                            lambda xs: len(xs) >= 1, timeout=20)
+    await schedule_passes(replicas.runtimes)  # both replicas invite again, and must find nobody new
+    told = await notices(bootstrap, replicas.runtimes, x.roadshow_id, {fits, other})
     assert [(n.recipient_id, n.kind) for n in told] == [(fits, ev.NOTICE_KIND_INVITED)]
     assert "fits the theme" in told[0].reason
+
+
+async def test_unusable_records_of_the_demand_services_topics_are_dead_lettered(producer, replicas,
+                                                                                 bootstrap: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    uscc = new_uscc()
+    change = dm.StatusChange(status=dm.DEMAND_STATUS_SUBMITTED)
+    records = {
+        (topics.DEMAND_STATUS_CHANGED, f"{run}-no-demand"): dm_events.DemandStatusChanged(
+            enterprise_uscc=uscc, channel=dm.CHANNEL_ONLINE_PORTAL, change=change, seq=1),
+        (topics.DEMAND_STATUS_CHANGED, f"{run}-no-uscc"): dm_events.DemandStatusChanged(
+            demand_id=f"{run}-d", channel=dm.CHANNEL_ONLINE_PORTAL, change=change, seq=1),
+        (topics.DEMAND_STATUS_CHANGED, f"{run}-status"): dm_events.DemandStatusChanged(
+            demand_id=f"{run}-d", enterprise_uscc=uscc, channel=dm.CHANNEL_ONLINE_PORTAL,
+            change=dm.StatusChange(status=99), seq=1),  # type: ignore[arg-type]
+        (topics.ENTERPRISES_CHANGED, f"{run}-no-enterprise"): ent_events.EnterpriseChanged(created=True),
+        (topics.INSTITUTIONS_CHANGED, f"{run}-no-institution"): inst_events.InstitutionChanged(created=True),
+    }
+    for (spec, key), msg in records.items():
+        await producer.send_and_wait(spec.name, value=msg.SerializeToString(), key=key.encode(),
+                                     headers=codec.make_headers(spec.event_type, "a-test"))
+    reasons: dict[str, str] = {}
+    for spec in {spec for spec, _ in records}:
+        assert spec.dead_letter is not None
+        keys = {key for s, key in records if s == spec}
+        dead = await read_topic(bootstrap, spec.dead_letter.name, lambda f, k=keys: {r.key.decode() for r in f} >= k,
+                                lambda r, k=keys: r.key.decode() in k, timeout=20)
+        reasons.update({r.key.decode(): headers(r)[codec.DLQ_REASON] for r in dead})
+    assert set(reasons) == {key for _, key in records}
+    assert "demand_id is empty" in reasons[f"{run}-no-demand"]
+    assert "enterprise_uscc is empty" in reasons[f"{run}-no-uscc"]
+    assert "change.status 99 is not a known DemandStatus" in reasons[f"{run}-status"]
+    assert "enterprise.uscc is empty" in reasons[f"{run}-no-enterprise"]
+    assert "institution.institution_id is empty" in reasons[f"{run}-no-institution"]
