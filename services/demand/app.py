@@ -24,12 +24,11 @@ from services.demand.service import Demands, Enterprises, Institutions
 SCHEMA = "demand"
 PORTAL_BATCH = 1000  # portal records stored per transaction (bench/intake.py)
 MIGRATIONS = Path(__file__).parent / "migrations"
-# The topics this service reads or writes (created if missing, so it can start on a bare broker).
-TOPICS = (topics.PORTAL_DEMANDS, topics.PORTAL_DEMANDS_DLQ, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED,
-          topics.ENTERPRISES_CHANGED, topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED,
-          topics.LEAD_STATUS_CHANGED, topics.LEAD_OUTCOMES, topics.LEAD_OUTCOMES_DLQ,
-          topics.LEAD_SLA_BREACHED, topics.LEAD_SLA_BREACHED_DLQ, topics.ROADSHOW_INTENTS,
-          topics.ROADSHOW_INTENTS_DLQ)
+# The topics this service reads or writes (created if missing, with their dead-letter topics, so it can
+# start on a bare broker).
+TOPICS = (topics.PORTAL_DEMANDS, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED, topics.ENTERPRISES_CHANGED,
+          topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
+          topics.LEAD_OUTCOMES, topics.LEAD_SLA_BREACHED, topics.ROADSHOW_INTENTS)
 EXPIRY_INTERVAL_SECONDS = 30.0
 
 

@@ -22,10 +22,8 @@ from services.notifier.service import Notifier
 
 SCHEMA = "notifier"
 MIGRATIONS = Path(__file__).parent / "migrations"
-TOPICS = (topics.DEMANDS_MATCHED, topics.DEMANDS_MATCHED_DLQ, topics.DEMAND_STATUS_CHANGED,
-          topics.DEMAND_STATUS_CHANGED_DLQ, topics.LEAD_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED_DLQ,
-          topics.ROADSHOW_NOTICES, topics.ROADSHOW_NOTICES_DLQ, topics.INSTITUTIONS_CHANGED,
-          topics.LEAD_SLA_BREACHED)
+TOPICS = (topics.DEMANDS_MATCHED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
+          topics.ROADSHOW_NOTICES, topics.INSTITUTIONS_CHANGED, topics.LEAD_SLA_BREACHED)
 CLOCK_TICK_SECONDS = 1.0
 
 

@@ -16,10 +16,10 @@ from services.roadshow.service import Clock, Roadshows
 
 SCHEMA = "roadshow"
 MIGRATIONS = Path(__file__).parent / "migrations"
-# The topics this service reads or writes (created if missing, so it can start on a bare broker).
-TOPICS = (topics.ENTERPRISES_CHANGED, topics.ENTERPRISES_CHANGED_DLQ, topics.INSTITUTIONS_CHANGED,
-          topics.INSTITUTIONS_CHANGED_DLQ, topics.DEMAND_STATUS_CHANGED, topics.DEMAND_STATUS_CHANGED_DLQ,
-          topics.LEAD_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED_DLQ, topics.ROADSHOW_NOTICES, topics.ROADSHOW_INTENTS)
+# The topics this service reads or writes (created if missing, with their dead-letter topics, so it can
+# start on a bare broker).
+TOPICS = (topics.ENTERPRISES_CHANGED, topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED,
+          topics.LEAD_STATUS_CHANGED, topics.ROADSHOW_NOTICES, topics.ROADSHOW_INTENTS)
 SCHEDULE_INTERVAL_SECONDS = 30.0
 
 

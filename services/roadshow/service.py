@@ -99,17 +99,11 @@ class Roadshows:
             return await store.update_roadshow(conn, wanted, now)
 
     async def _locked(self, conn: asyncpg.Connection, roadshow_id: str) -> r.Roadshow:
-        rs = await store.get_roadshow(conn, roadshow_id, lock=True)
-        if rs is None:
-            raise NotFound(f"no roadshow with id {roadshow_id!r}")
-        return rs
+        return _found(await store.get_roadshow(conn, roadshow_id, lock=True), roadshow_id)
 
     async def get(self, roadshow_id: str) -> r.Roadshow:
         require("roadshow_id", roadshow_id)
-        rs = await store.get_roadshow(self.pool, roadshow_id)
-        if rs is None:
-            raise NotFound(f"no roadshow with id {roadshow_id!r}")
-        return rs
+        return _found(await store.get_roadshow(self.pool, roadshow_id), roadshow_id)
 
     async def list(self, month: str, limit: int, offset: int) -> list[r.Roadshow]:
         v = Violations()
@@ -401,3 +395,8 @@ class Roadshows:
         m.roadshow_approved_amount.set(totals["approved_amount_fen"])
         m.roadshow_granted_amount.set(totals["granted_amount_fen"])
 
+
+def _found(rs: r.Roadshow | None, roadshow_id: str) -> r.Roadshow:
+    if rs is None:
+        raise NotFound(f"no roadshow with id {roadshow_id!r}")
+    return rs

@@ -32,9 +32,17 @@ if TYPE_CHECKING:
     from .conftest import Stubs
 
 from demand_support import (  # noqa: I001 - the test folder's own helpers
-    WAN, demand_request, enterprise, eventually, headers, new_uscc, read_topic, registered, rpc_error,
+    WAN,
+    demand_request,
+    enterprise,
+    headers,
+    new_uscc,
+    read_topic,
+    registered,
+    rpc_error,
     submit,
 )
+from waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,15 @@ if TYPE_CHECKING:
     from .conftest import Stubs
 
 from demand_support import (  # noqa: I001 - the test folder's own helpers
-    YUAN, demand_request, enterprise, eventually, headers, new_uscc, read_topic, registered,
+    YUAN,
+    demand_request,
+    enterprise,
+    headers,
+    new_uscc,
+    read_topic,
+    registered,
 )
+from waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from aiohttp import web
-from waiting import eventually  # noqa: F401 - shared with the test modules that import it from here
+from waiting import eventually
 
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.lead.v1 import lead_pb2

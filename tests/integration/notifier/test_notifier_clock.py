@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from notifier_support import FAST_RETRY, INSTITUTION, eventually, inbox, lead_changed, matched, uid
+from notifier_support import FAST_RETRY, INSTITUTION, inbox, lead_changed, matched, uid
+from waiting import eventually
 
 from finmesh.institution.v1 import events_pb2 as inst_events
 from finmesh.institution.v1 import institution_pb2 as inst_pb

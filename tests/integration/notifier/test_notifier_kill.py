@@ -12,7 +12,8 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from notifier_support import ENTERPRISE, INSTITUTION, Endpoints, Receiver, eventually, matched
+from notifier_support import ENTERPRISE, INSTITUTION, Endpoints, Receiver, matched
+from waiting import eventually
 
 from finmesh.notification.v1 import delivery_pb2 as dlv
 from finmesh.notification.v1 import delivery_pb2_grpc as dlv_grpc

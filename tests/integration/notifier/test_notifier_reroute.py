@@ -10,7 +10,9 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from notifier_support import INSTITUTION, eventually, inbox
+from demand_support import WAN, registered, submit
+from notifier_support import INSTITUTION, inbox
+from waiting import eventually
 
 from finmesh.catalog.v1 import product_pb2 as catalog
 from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
@@ -25,7 +27,6 @@ from finmesh.lead.v1 import lead_pb2_grpc as lead_grpc
 from finmesh.notification.v1 import clock_pb2 as cpb
 from meshkit.lifecycle import Runtime
 from services.demand import app as demand_app
-from tests.integration.demand.demand_support import WAN, registered, submit
 from tests.integration.matcher.matcher_support import MatcherProcess, matcher_env
 
 pytestmark = pytest.mark.integration

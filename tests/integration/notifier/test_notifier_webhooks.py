@@ -9,7 +9,8 @@ import json
 
 import grpc
 import pytest
-from notifier_support import INSTITUTION, Endpoints, Receiver, eventually, inbox, matched, uid
+from notifier_support import INSTITUTION, Endpoints, Receiver, inbox, matched, uid
+from waiting import eventually
 
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching

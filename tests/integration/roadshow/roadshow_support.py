@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from google.protobuf.timestamp_pb2 import Timestamp
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demand"))
-
-from demand_support import (  # noqa: E402, F401, I001 - the demand tests' helpers
-    WAN, enterprise, eventually, headers, new_uscc, read_topic, registered, rpc_error, submit,
+from demand_support import (  # noqa: F401, I001 - the demand helpers the roadshow tests use too
+    WAN,
+    enterprise,
+    headers,
+    new_uscc,
+    read_topic,
+    registered,
+    rpc_error,
+    submit,
 )
+from google.protobuf.timestamp_pb2 import Timestamp
+from waiting import eventually
 
-from finmesh.common.v1 import finance_pb2 as fin  # noqa: E402
-from finmesh.demand.v1 import demand_pb2 as dm  # noqa: E402
-from finmesh.institution.v1 import institution_pb2 as inst  # noqa: E402
-from finmesh.roadshow.v1 import events_pb2 as ev  # noqa: E402
-from finmesh.roadshow.v1 import roadshow_pb2 as rs  # noqa: E402
-from meshkit import topics  # noqa: E402
-from meshkit.lifecycle import Runtime  # noqa: E402
+from finmesh.common.v1 import finance_pb2 as fin
+from finmesh.demand.v1 import demand_pb2 as dm
+from finmesh.institution.v1 import institution_pb2 as inst
+from finmesh.roadshow.v1 import events_pb2 as ev
+from finmesh.roadshow.v1 import roadshow_pb2 as rs
+from meshkit import topics
+from meshkit.lifecycle import Runtime
 
 START = datetime(2030, 3, 3, tzinfo=UTC)  # where the module's clock starts
 

@@ -20,7 +20,6 @@ from roadshow_support import (  # noqa: I001 - the test folder's own helpers
     WAN,
     apply,
     create,
-    eventually,
     headers,
     new_uscc,
     notices,
@@ -34,6 +33,7 @@ from roadshow_support import (  # noqa: I001 - the test folder's own helpers
     until_status,
     when_known,
 )
+from waiting import eventually
 
 from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dm

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from waiting import eventually  # noqa: F401 - shared with the test modules that import it from here
 
 from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dm
