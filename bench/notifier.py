@@ -37,7 +37,6 @@ from meshkit.kafka import ensure_topics, make_producer
 from meshkit.lifecycle import Runtime
 from meshkit.settings import ServiceSettings
 from services.notifier import app
-from services.notifier.clock import SystemClock
 from services.notifier.service import Notifier
 
 INSTITUTION = "bench-bank"
@@ -117,7 +116,7 @@ async def measure(console: Console, *, burst: int = 5000, rate: float = 50.0, se
         producer = make_producer(broker.bootstrap_servers, "bench-matcher")
         await producer.start()
         try:
-            await Notifier(rt.pool, rt.metrics, SystemClock(), schema=app.SCHEMA).register_webhook(
+            await Notifier(rt.pool, rt.metrics, codec.now, schema=app.SCHEMA).register_webhook(
                 INSTITUTION, f"http://127.0.0.1:{port}/hook", "")
 
             async def stored() -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from finmesh.demand.v1 import demand_pb2 as dpb
@@ -14,7 +12,8 @@ from finmesh.institution.v1 import institution_pb2 as ipb
 from finmesh.institution.v1 import institution_pb2_grpc as ipb_grpc
 from finmesh.lead.v1 import lead_pb2 as lpb
 from finmesh.lead.v1 import lead_pb2_grpc as lpb_grpc
-from meshkit import topics
+from meshkit import codec, topics
+from meshkit.clock import Clock
 from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import Runtime
 from services.demand import consumers, reference, stats_api
@@ -32,12 +31,12 @@ TOPICS = (topics.PORTAL_DEMANDS, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED
 EXPIRY_INTERVAL_SECONDS = 30.0
 
 
-async def build(rt: Runtime, *, clock: Callable[[], datetime] | None = None) -> None:
+async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     """``clock`` is injectable (tests move time for every service at once)."""
     bootstrap = rt.settings.kafka_bootstrap_servers
     await ensure_topics(bootstrap, TOPICS)
     ref = reference.load()
-    demands = Demands(rt.pool, rt.metrics, schema=SCHEMA, **({'clock': clock} if clock else {}))
+    demands = Demands(rt.pool, rt.metrics, schema=SCHEMA, clock=clock)
     institutions = Institutions(rt.pool, bootstrap, ref, schema=SCHEMA)
     rt.grpc.add(epb_grpc.add_EnterpriseServiceServicer_to_server,
                 EnterpriseApi(Enterprises(rt.pool, ref, schema=SCHEMA)),

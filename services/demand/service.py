@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from finmesh.demand.v1 import events_pb2 as events
 from finmesh.matching.v1 import events_pb2 as matching
 from meshkit import codec, ids, inbox, log, outbox, topics
+from meshkit.clock import Clock
 from meshkit.errors import (
     AlreadyExists,
     DomainError,
@@ -41,7 +42,6 @@ from services.demand import mapping, store
 
 logger = log.get(__name__)
 
-Clock = Callable[[], datetime]
 Event = tuple[topics.TopicSpec, Message, str]  # (topic, message, event id), for outbox.append_many
 
 MATCHED_CONSUMER = "demand-matched"

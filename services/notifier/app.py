@@ -10,12 +10,12 @@ from finmesh.notification.v1 import delivery_pb2 as dlv
 from finmesh.notification.v1 import delivery_pb2_grpc as dlv_grpc
 from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.notification.v1 import notification_pb2_grpc as pb_grpc
-from meshkit import topics
+from meshkit import codec, topics
+from meshkit.clock import Clock
 from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import Runtime
 from services.notifier import consumers
 from services.notifier.api import ContactClockApi, DeliveryApi, NotificationApi
-from services.notifier.clock import Clock, SystemClock
 from services.notifier.delivery import DeliveryWorker
 from services.notifier.domain import RetryPolicy
 from services.notifier.service import Notifier
@@ -27,11 +27,11 @@ TOPICS = (topics.DEMANDS_MATCHED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STAT
 CLOCK_TICK_SECONDS = 1.0
 
 
-async def build(rt: Runtime, *, clock: Clock | None = None, retry: RetryPolicy | None = None,
+async def build(rt: Runtime, *, clock: Clock = codec.now, retry: RetryPolicy | None = None,
                 clock_tick_seconds: float = CLOCK_TICK_SECONDS) -> None:
     """``clock`` and ``retry`` are injectable (tests move time, and retry fast)."""
     await ensure_topics(rt.settings.kafka_bootstrap_servers, TOPICS)
-    notifier = Notifier(rt.pool, rt.metrics, clock or SystemClock(), schema=SCHEMA)
+    notifier = Notifier(rt.pool, rt.metrics, clock, schema=SCHEMA)
     name = rt.service
     rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(notifier, f"{name}.demand-matched"),
                batch_handler=consumers.demand_matched_batch(notifier, f"{name}.demand-matched"), max_records=500)

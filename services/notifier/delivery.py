@@ -21,9 +21,9 @@ import aiohttp
 import asyncpg
 
 from meshkit import log
+from meshkit.clock import Clock
 from meshkit.metrics import Metrics
 from services.notifier import domain, store
-from services.notifier.clock import Clock
 from services.notifier.domain import RetryPolicy
 from services.notifier.service import Signal
 
@@ -56,7 +56,7 @@ class DeliveryWorker:
             try:
                 while True:
                     try:
-                        due = await store.claim_due(self.pool, self.clock.now(), self.concurrency - len(inflight),
+                        due = await store.claim_due(self.pool, self.clock(), self.concurrency - len(inflight),
                                                     lease_seconds=self.policy.timeout_seconds * 3 + 5,
                                                     per_webhook=self.per_webhook)
                     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
@@ -88,7 +88,7 @@ class DeliveryWorker:
                 del self._slots[d.webhook_id]
 
     async def _attempt(self, http: aiohttp.ClientSession, d: store.Due) -> None:
-        now = self.clock.now()
+        now = self.clock()
         ts = int(now.timestamp())
         headers = {
             "Content-Type": "application/json", "X-Finmesh-Delivery": d.delivery_id, "X-Finmesh-Event": d.kind,
@@ -107,7 +107,7 @@ class DeliveryWorker:
         except aiohttp.ClientError as err:
             error, reason = f"{type(err).__name__}: {err}", "error"
         ms = int((time.perf_counter() - began) * 1000)
-        at = self.clock.now()
+        at = self.clock()
         attempt = store.Attempt(ok=not error, http_status=status, error=error, duration_ms=ms, at=at)
         n = d.attempts + 1
         try:

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from meshkit import ids, inbox, log, outbox, topics
+from meshkit.clock import Clock
 from meshkit.errors import NotFound, PermissionDenied
 from meshkit.metrics import Metrics
 from meshkit.paging import Page
 from services.notifier import domain, mapping, store
-from services.notifier.clock import Clock
 from services.notifier.domain import LeadChange, LeadClock, Notification, Policy, RecipientKind
 
 logger = log.get(__name__)
@@ -54,7 +54,7 @@ class Notifier:
         in the caller's transaction. Returns (new notes, deliveries created)."""
         new = await store.insert(conn, notes)
         institution_notes = [n for n in new if n.recipient_kind == RecipientKind.INSTITUTION]
-        deliveries = await store.add_deliveries(conn, institution_notes, self.clock.now()) if institution_notes else 0
+        deliveries = await store.add_deliveries(conn, institution_notes, self.clock()) if institution_notes else 0
         return new, deliveries
 
     def announce(self, attempted: list[Notification], new: list[Notification], deliveries: int) -> None:
@@ -145,7 +145,7 @@ class Notifier:
                 await store.lock_demand_enterprise(conn, c.demand_id)
                 uscc = await store.enterprise_of(conn, c.demand_id)
                 if not uscc and c.status in domain.LEAD_STATUSES_NOTIFIED:
-                    await store.park(conn, c, self.clock.now())
+                    await store.park(conn, c, self.clock())
                     logger.info("lead change waits for its demand's enterprise", lead_id=c.lead_id,
                                 demand_id=c.demand_id, status=c.status)
             notes += domain.for_lead_change(c, uscc)
@@ -173,7 +173,7 @@ class Notifier:
         """Fire the reminders and deadlines due now, once: the rows are locked (SKIP LOCKED, so two
         replicas share the work) and updated in the transaction that records the notifications and
         the ``LeadSlaBreached`` event (outbox). Returns how many clocks fired."""
-        now = self.clock.now()
+        now = self.clock()
         reminded: list[LeadClock] = []
         breached: list[LeadClock] = []
         async with self.pool.acquire() as conn, conn.transaction():
@@ -236,13 +236,13 @@ class Notifier:
         domain.validate_policy(p)
         async with self.pool.acquire() as conn, conn.transaction():
             await self._authorise(conn, p.institution_id, given_secret)
-            return await store.set_policy(conn, p, self.clock.now())
+            return await store.set_policy(conn, p, self.clock())
 
     async def register_webhook(self, institution_id: str, url: str, given_secret: str
                                ) -> tuple[str, datetime, bool, str]:
         """(webhook id, created at, created, the new secret if this call created it)."""
         domain.validate_webhook(institution_id, url)
-        now = self.clock.now()
+        now = self.clock()
         wid = domain.webhook_id(institution_id, url)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"webhooks:{institution_id}")

@@ -7,12 +7,13 @@ from pathlib import Path
 from finmesh.roadshow.v1 import roadshow_pb2 as pb
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as pb_grpc
 from meshkit import codec, topics
+from meshkit.clock import Clock
 from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import Runtime
 from services.demand import reference
 from services.roadshow import consumers
 from services.roadshow.api import RoadshowApi
-from services.roadshow.service import Clock, Roadshows
+from services.roadshow.service import Roadshows
 
 SCHEMA = "roadshow"
 MIGRATIONS = Path(__file__).parent / "migrations"

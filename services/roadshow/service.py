@@ -13,7 +13,6 @@ from an injectable clock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -21,6 +20,7 @@ import asyncpg
 from google.protobuf.message import Message
 
 from meshkit import codec, ids, log, outbox, topics
+from meshkit.clock import Clock
 from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, require
 from meshkit.metrics import Metrics
 from services.demand.domain import Reference
@@ -30,7 +30,6 @@ from services.roadshow.domain import ApplicationStatus as AS
 
 logger = log.get(__name__)
 
-Clock = Callable[[], datetime]
 Event = tuple[topics.TopicSpec, Message, str]
 
 

@@ -12,9 +12,9 @@ from notifier_support import FAST_RETRY
 from finmesh.notification.v1 import clock_pb2_grpc as clock_grpc
 from finmesh.notification.v1 import delivery_pb2_grpc as delivery_grpc
 from finmesh.notification.v1 import notification_pb2_grpc as pb_grpc
+from meshkit.clock import SettableClock
 from meshkit.lifecycle import Runtime
 from services.notifier import app
-from services.notifier.clock import SettableClock
 
 
 @pytest.fixture(scope="module")

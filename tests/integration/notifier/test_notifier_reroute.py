@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def demand_rt(database_url: str, bootstrap: str, service_runtime, clock) -> AsyncIterator[Runtime]:
-    async with service_runtime("demand", demand_app, database_url, bootstrap, clock=clock.now) as rt:
+    async with service_runtime("demand", demand_app, database_url, bootstrap, clock=clock) as rt:
         yield rt
 
 
