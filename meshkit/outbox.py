@@ -15,6 +15,7 @@ import asyncio
 import time
 import uuid
 import zlib
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -56,16 +57,37 @@ async def append(
     return event_id
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An event for the outbox, already serialised (see :mod:`meshkit.wire`): its topic, record
+    key, payload (a message of ``spec.message``) and event id."""
+
+    spec: TopicSpec
+    key: bytes
+    payload: bytes
+    event_id: str
+
+
 async def append_many(conn: asyncpg.Connection, items: list[tuple[TopicSpec, Message, str]], *, schema: str,
                       occurred_at: datetime | None = None) -> None:
     """Add several events ``(spec, message, event_id)`` at once, in the caller's transaction."""
+    for s, m, _ in items:
+        assert not s.is_template and s.message is not None and isinstance(m, s.message), (s.name, type(m))
+    await append_encoded(conn, [Encoded(s, s.key_of(m), m.SerializeToString(), eid) for s, m, eid in items],
+                         schema=schema, occurred_at=occurred_at)
+
+
+async def append_encoded(conn: asyncpg.Connection, items: list[Encoded], *, schema: str,
+                         occurred_at: datetime | None = None) -> None:
+    """Add several serialised events at once, in order, in the caller's transaction (one statement)."""
     if not items:
         return
-    at = occurred_at or codec.now()
-    await conn.executemany(
+    await conn.execute(
         "INSERT INTO outbox (event_id, topic, key, payload, event_type, occurred_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-        [(uuid.UUID(eid), s.name, s.key_of(m), m.SerializeToString(), s.event_type, at) for s, m, eid in items],
+        " SELECT e, t, k, p, y, $6 FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])"
+        " WITH ORDINALITY AS x(e, t, k, p, y, n) ORDER BY n ON CONFLICT (event_id) DO NOTHING",
+        [uuid.UUID(i.event_id) for i in items], [i.spec.name for i in items], [i.key for i in items],
+        [i.payload for i in items], [i.spec.event_type for i in items], occurred_at or codec.now(),
     )
     await conn.execute("SELECT pg_notify($1, '')", channel(schema))
 

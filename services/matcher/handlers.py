@@ -118,29 +118,36 @@ class Issue:
     origin: str
 
 
-def _lead(issue: Issue, now: datetime) -> lead_pb2.Lead:
+def _lead(issue: Issue, now: datetime) -> mapping.EncodedLead:
     demand_id = issue.demand.demand_id
-    return mapping.lead_proto(ids.lead_id(demand_id, issue.pick.product.product_id), demand_id, issue.pick,
-                              created_at=now, contact_due_at=now + CONTACT_SLA, origin=issue.origin)
+    return mapping.encode_lead(ids.lead_id(demand_id, issue.pick.product.product_id), demand_id, issue.pick,
+                               created_at=now, contact_due_at=now + CONTACT_SLA, origin=issue.origin)
 
 
-def _lead_row(lead: lead_pb2.Lead, origin: str, now: datetime) -> store.LeadRow:
+def _lead_row(lead: mapping.EncodedLead, now: datetime) -> store.LeadRow:
     return store.LeadRow(
         lead_id=lead.lead_id, demand_id=lead.demand_id, institution_id=lead.institution_id,
         product_id=lead.product_id, product_version=lead.product_version, score=lead.score, rank=lead.rank,
-        rules_version=lead.rules_version, lead=lead.SerializeToString(), created_at=now,
-        contact_due_at=now + CONTACT_SLA, origin=origin,
+        rules_version=domain.RULES_VERSION, lead=lead.data, created_at=now, contact_due_at=now + CONTACT_SLA,
+        origin=lead.origin,
     )
 
 
-def _lead_issued(lead: lead_pb2.Lead, demand: demand_pb2.Demand) -> tuple[topics.TopicSpec, object, str]:
-    return (topics.lead_topic(lead.institution_id),
-            matching_events.LeadIssued(lead=lead, demand=demand.request, enterprise=demand.enterprise),
-            ids.event_id("lead-issued", lead.lead_id))
+def _lead_issued(lead: mapping.EncodedLead, demand_bytes: bytes) -> outbox.Encoded:
+    """``LeadIssued`` to the institution's own topic (keyed by lead id); ``demand_bytes`` from
+    :func:`mapping.demand_part`."""
+    return outbox.Encoded(topics.lead_topic(lead.institution_id), lead.lead_id.encode(),
+                          mapping.lead_issued(lead, demand_bytes), ids.event_id("lead-issued", lead.lead_id))
+
+
+def _demand_matched(head: matching_events.DemandMatched, leads: Sequence[mapping.EncodedLead],
+                    event_id: str) -> outbox.Encoded:
+    return outbox.Encoded(topics.DEMANDS_MATCHED, topics.DEMANDS_MATCHED.key_of(head),
+                          mapping.demand_matched(head, leads), event_id)
 
 
 async def add_leads(conn: asyncpg.Connection, issues: Sequence[Issue], *, schema: str, now: datetime
-                    ) -> list[lead_pb2.Lead]:
+                    ) -> list[mapping.EncodedLead]:
     """Add leads to demands matched before, in the caller's transaction (the demands' rows must be
     locked by it and their room checked): the leads, the demands' counts and tried institutions,
     ``LeadIssued`` to each institution and one ``DemandMatched`` (``additional``) per demand with
@@ -148,21 +155,25 @@ async def add_leads(conn: asyncpg.Connection, issues: Sequence[Issue], *, schema
     if not issues:
         return []
     leads = [(_lead(i, now), i) for i in issues]
-    inserted = await store.insert_leads(conn, [_lead_row(lead, i.origin, now) for lead, i in leads])
+    inserted = await store.insert_leads(conn, [_lead_row(lead, now) for lead, _ in leads])
     fresh = [(lead, i) for lead, i in leads if lead.lead_id in inserted]
-    per_demand: dict[str, list[tuple[lead_pb2.Lead, Issue]]] = {}
+    per_demand: dict[str, list[tuple[mapping.EncodedLead, Issue]]] = {}
     for lead, i in fresh:
         per_demand.setdefault(lead.demand_id, []).append((lead, i))
     await store.add_leads_to_demands(conn, {d: [lead.institution_id for lead, _ in items]
                                             for d, items in per_demand.items()})
-    events: list[tuple[topics.TopicSpec, object, str]] = [_lead_issued(lead, i.demand) for lead, i in fresh]
+    events: list[outbox.Encoded] = []
+    for items in per_demand.values():
+        demand_bytes = mapping.demand_part(items[0][1].demand)
+        events += [_lead_issued(lead, demand_bytes) for lead, _ in items]
     for demand_id, items in per_demand.items():
         new = [lead for lead, _ in items]
-        events.append((topics.DEMANDS_MATCHED, matching_events.DemandMatched(
-            demand_id=demand_id, enterprise_uscc=items[0][1].demand.request.enterprise_uscc, leads=new,
-            additional=True, rules_version=domain.RULES_VERSION,
-        ), ids.event_id("demand-matched", demand_id, *sorted(lead.lead_id for lead in new))))
-    await outbox.append_many(conn, events, schema=schema, occurred_at=now)  # type: ignore[arg-type]
+        head = matching_events.DemandMatched(demand_id=demand_id,
+                                             enterprise_uscc=items[0][1].demand.request.enterprise_uscc,
+                                             additional=True, rules_version=domain.RULES_VERSION)
+        events.append(_demand_matched(head, new, ids.event_id("demand-matched", demand_id,
+                                                             *sorted(lead.lead_id for lead in new))))
+    await outbox.append_encoded(conn, events, schema=schema, occurred_at=now)
     return [lead for lead, _ in fresh]
 
 
@@ -263,17 +274,19 @@ class DemandMatcher:
             todo = {k: v for k, v in todo.items() if k in new}  # matched before, under another event id
             lead_rows: list[store.LeadRow] = []
             open_rows: list[store.OpenDemandRow] = []
-            events: list[tuple[topics.TopicSpec, object, str]] = []
+            events: list[outbox.Encoded] = []
             for demand_id, (n, accepted, d, p) in todo.items():
                 leads = [_lead(Issue(accepted, pick, origin), now) for pick, origin in zip(p.result.picks, p.origins,
                                                                                            strict=True)]
-                lead_rows += [_lead_row(lead, origin, now) for lead, origin in zip(leads, p.origins, strict=True)]
-                events += [_lead_issued(lead, accepted) for lead in leads]
-                events.append((topics.DEMANDS_MATCHED, matching_events.DemandMatched(
-                    demand_id=demand_id, enterprise_uscc=accepted.request.enterprise_uscc, leads=leads,
+                lead_rows += [_lead_row(lead, now) for lead in leads]
+                if leads:
+                    demand_bytes = mapping.demand_part(accepted)
+                    events += [_lead_issued(lead, demand_bytes) for lead in leads]
+                events.append(_demand_matched(matching_events.DemandMatched(
+                    demand_id=demand_id, enterprise_uscc=accepted.request.enterprise_uscc,
                     no_match_explanation=p.result.explanation, candidates_considered=p.result.candidates_considered,
                     hints=mapping.hints_proto(p.result.hints), rules_version=domain.RULES_VERSION,
-                ), ids.event_id("demand-matched", demand_id)))
+                ), leads, ids.event_id("demand-matched", demand_id)))
                 outcomes[n] = "processed"
                 if not d.consent_to_share or d.docking_mode == domain.ENTERPRISE_ACTIVE:
                     continue  # nothing may ever be added to it: it is not kept open
@@ -286,7 +299,7 @@ class DemandMatcher:
                 ))
             await store.open_demands(conn, open_rows)
             await store.insert_leads(conn, lead_rows)  # deterministic ids: a replay inserts none
-            await outbox.append_many(conn, events, schema=self.schema, occurred_at=now)  # type: ignore[arg-type]
+            await outbox.append_encoded(conn, events, schema=self.schema, occurred_at=now)
         for row in open_rows:
             self.open_demands.put(row.part, domain.OpenDemand(
                 todo[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried), matched_at=now_s,
@@ -351,7 +364,7 @@ class ReverseJoin:
             logger.info("reverse join", product_id=product.product_id, open_demands=len(pool), fits=0,
                         join_seconds=round(joined, 4))
             return 0
-        issued: list[lead_pb2.Lead] = []
+        issued: list[mapping.EncodedLead] = []
         for start in range(0, len(pairs), 1000):
             chunk = pairs[start:start + 1000]
             async with self.pool.acquire() as conn, conn.transaction():
@@ -392,7 +405,7 @@ class ReverseJoin:
 
 
 async def rematch(conn: asyncpg.Connection, demand_id: str, origin: str, *, view: domain.CatalogView,
-                  standing: Standing, schema: str, now: datetime) -> list[lead_pb2.Lead]:
+                  standing: Standing, schema: str, now: datetime) -> list[mapping.EncodedLead]:
     """The demand's next-best candidates, excluding every institution tried (in the caller's
     transaction, which locks the demand's row)."""
     rows = await store.lock_open_demands(conn, [demand_id])
@@ -454,7 +467,7 @@ class LeadOutcomes:
                 await store.record_outcome(conn, state.institution_id, decided=True, approved=status == "APPROVED")
             drops = status in _INACTIVE and state.active
             await store.set_lead_status(conn, lead_id, status, state.active and not drops)
-            leads: list[lead_pb2.Lead] = []
+            leads: list[mapping.EncodedLead] = []
             if drops:
                 await store.release_lead(conn, state.demand_id)
                 self.open_demands.lead_dropped(state.demand_id)
@@ -555,4 +568,4 @@ class Docking:
             leads = await add_leads(conn, [Issue(accepted, pick, domain.ORIGIN_CLAIMED)], schema=self.schema, now=now)
         for lead in leads:
             self.open_demands.lead_added(lead.demand_id, lead.institution_id)
-        return leads[0]
+        return leads[0].proto()

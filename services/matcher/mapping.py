@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
@@ -17,6 +19,7 @@ from finmesh.enterprise.v1 import enterprise_pb2
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import docking_pb2
 from finmesh.matching.v1 import events_pb2 as matching
+from meshkit import wire
 from meshkit.pbtime import set_ts
 from services.matcher import domain
 
@@ -149,29 +152,78 @@ def demand_from_proto(d: demand_pb2.Demand) -> domain.Demand:
     )
 
 
-def lead_proto(lead_id: str, demand_id: str, pick: domain.Pick, *, created_at: datetime,
-               contact_due_at: datetime, origin: str = domain.ORIGIN_MATCH) -> lead_pb2.Lead:
-    lead = lead_pb2.Lead(
+_EXPLANATION = wire.field_tag(lead_pb2.Lead.DESCRIPTOR, "explanation")
+_LEAD_OF_ISSUED = wire.field_tag(matching.LeadIssued.DESCRIPTOR, "lead")
+_DEMAND_OF_ISSUED = wire.field_tag(matching.LeadIssued.DESCRIPTOR, "demand")
+_ENTERPRISE_OF_ISSUED = wire.field_tag(matching.LeadIssued.DESCRIPTOR, "enterprise")
+_LEADS_OF_MATCHED = wire.field_tag(matching.DemandMatched.DESCRIPTOR, "leads")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedLead:
+    """A new lead, serialised once (``data`` is a ``finmesh.lead.v1.Lead``), with the fields its
+    PostgreSQL row and topic need."""
+
+    lead_id: str
+    demand_id: str
+    institution_id: str
+    product_id: str
+    product_version: int
+    score: int
+    rank: int
+    origin: str
+    data: bytes
+
+    def proto(self) -> lead_pb2.Lead:
+        return lead_pb2.Lead.FromString(self.data)
+
+
+@lru_cache(maxsize=65_536)
+def _criterion_field(r: domain.CriterionResult) -> bytes:
+    """One entry of a lead's explanation, as the bytes of the field (the same results recur)."""
+    return wire.embedded(_EXPLANATION, lead_pb2.CriterionResult(
+        criterion=r.criterion, demand_value=r.demand_value, product_value=r.product_value,
+        verdict=_VERDICTS[r.verdict], points=r.points, critical=r.critical).SerializeToString())
+
+
+def encode_lead(lead_id: str, demand_id: str, pick: domain.Pick, *, created_at: datetime,
+                contact_due_at: datetime, origin: str = domain.ORIGIN_MATCH) -> EncodedLead:
+    """A new lead (status CREATED) for ``pick``, with its explanation: one criterion result per
+    criterion of the breakdown."""
+    p = pick.product
+    head = lead_pb2.Lead(
         lead_id=lead_id,
         demand_id=demand_id,
-        institution_id=pick.product.institution_id,
-        product_id=pick.product.product_id,
-        product_version=pick.product.version,
+        institution_id=p.institution_id,
+        product_id=p.product_id,
+        product_version=p.version,
         origin=lead_pb2.LeadOrigin.Value("LEAD_ORIGIN_" + origin),
         score=pick.score,
         rank=pick.rank,
         rules_version=domain.RULES_VERSION,
         status=lead_pb2.LEAD_STATUS_CREATED,
-        explanation=[
-            lead_pb2.CriterionResult(criterion=r.criterion, demand_value=r.demand_value,
-                                     product_value=r.product_value, verdict=_VERDICTS[r.verdict],
-                                     points=r.points, critical=r.critical)
-            for r in pick.results
-        ],
     )
-    set_ts(lead.created_at, created_at)
-    set_ts(lead.contact_due_at, contact_due_at)
-    return lead
+    set_ts(head.created_at, created_at)
+    set_ts(head.contact_due_at, contact_due_at)
+    data = head.SerializeToString() + b"".join([_criterion_field(r) for r in pick.results])
+    return EncodedLead(lead_id, demand_id, p.institution_id, p.product_id, p.version, pick.score, pick.rank,
+                       origin, data)
+
+
+def demand_part(accepted: demand_pb2.Demand) -> bytes:
+    """What every ``LeadIssued`` of a demand carries besides the lead: the request and the enterprise."""
+    return (wire.embedded(_DEMAND_OF_ISSUED, accepted.request.SerializeToString())
+            + wire.embedded(_ENTERPRISE_OF_ISSUED, accepted.enterprise.SerializeToString()))
+
+
+def lead_issued(lead: EncodedLead, demand_bytes: bytes) -> bytes:
+    """A serialised ``LeadIssued``: the lead and the demand part (:func:`demand_part`)."""
+    return wire.embedded(_LEAD_OF_ISSUED, lead.data) + demand_bytes
+
+
+def demand_matched(head: matching.DemandMatched, leads: Sequence[EncodedLead]) -> bytes:
+    """A serialised ``DemandMatched``: ``head`` (everything but its leads) and the leads."""
+    return head.SerializeToString() + b"".join([wire.embedded(_LEADS_OF_MATCHED, lead.data) for lead in leads])
 
 
 def hints_proto(hints: tuple[domain.Hint, ...]) -> list[matching.MatchHint]:

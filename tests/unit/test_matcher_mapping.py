@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from google.protobuf import wrappers_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+from matcher_builders import YUAN, product  # the test folder's own builders
 
 from finmesh.catalog.v1 import product_pb2 as catalog
 from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.demand.v1 import demand_pb2
 from finmesh.demand.v1 import demand_pb2 as dem
 from finmesh.enterprise.v1 import enterprise_pb2
+from finmesh.lead.v1 import lead_pb2
+from finmesh.matching.v1 import events_pb2 as matching
+from meshkit import wire
 from services.matcher import domain, mapping
 
 
@@ -77,3 +86,67 @@ def test_product_and_demand_carry_every_eligibility_field() -> None:
     assert got.enterprise.srdi_tier == "LITTLE_GIANT" and got.enterprise.special_zones == frozenset({"ftz"})
     assert domain.fact(got, "enterprise.years_in_business") == 12
     assert domain.fact(got, "enterprise.first_time_borrower") is False
+
+
+# -- leads and their events, assembled from parts serialised once -------------------------------------------------
+
+
+def _picked_lead() -> tuple[domain.Pick, demand_pb2.Demand]:
+    d = domain.Demand(demand_id="d-1", amount_fen=1_000_000 * YUAN, term_months=24, max_rate_bps=500,
+                      loan_category="CREDIT",
+                      enterprise=domain.Enterprise(region_code="350203", key_industry="EQUIPMENT", high_tech=True))
+    result = domain.match([product("p1", "bank-a", regions=("35",))], d)
+    accepted = demand_pb2.Demand(
+        demand_id=d.demand_id,
+        request=demand_pb2.DemandRequest(enterprise_uscc="91350200MA00000001", amount_fen=d.amount_fen,
+                                         term_months=d.term_months),
+        enterprise=enterprise_pb2.Enterprise(uscc="91350200MA00000001", name="Xiamen Gears", region_code="350203"),
+    )
+    return result.picks[0], accepted
+
+
+def test_an_encoded_lead_is_the_lead_built_field_by_field() -> None:
+    pick, accepted = _picked_lead()
+    at = datetime(2026, 11, 26, 8, 30, 15, 123456, tzinfo=UTC)
+    due = at + timedelta(hours=72)
+    encoded = mapping.encode_lead("lead-1", accepted.demand_id, pick, created_at=at, contact_due_at=due)
+    expected = lead_pb2.Lead(
+        lead_id="lead-1", demand_id=accepted.demand_id, institution_id="bank-a", product_id="p1",
+        product_version=pick.product.version, origin=lead_pb2.LEAD_ORIGIN_INTELLIGENT_MATCH, score=pick.score, rank=1,
+        rules_version=domain.RULES_VERSION, status=lead_pb2.LEAD_STATUS_CREATED,
+        explanation=[lead_pb2.CriterionResult(criterion=r.criterion, demand_value=r.demand_value,
+                                              product_value=r.product_value, points=r.points, critical=r.critical,
+                                              verdict=lead_pb2.Verdict.Value("VERDICT_" + r.verdict.name))
+                     for r in pick.results],
+    )
+    expected.created_at.FromDatetime(at)
+    expected.contact_due_at.FromDatetime(due)
+    assert len(pick.results) >= 10
+    assert encoded.proto() == expected
+    assert sum(c.points for c in encoded.proto().explanation) == encoded.score == pick.score
+
+
+def test_lead_issued_and_demand_matched_carry_the_lead_bytes_unchanged() -> None:
+    pick, accepted = _picked_lead()
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    lead = mapping.encode_lead("lead-1", accepted.demand_id, pick, created_at=at, contact_due_at=at)
+    issued = matching.LeadIssued.FromString(mapping.lead_issued(lead, mapping.demand_part(accepted)))
+    assert issued == matching.LeadIssued(lead=lead.proto(), demand=accepted.request, enterprise=accepted.enterprise)
+    head = matching.DemandMatched(demand_id=accepted.demand_id, enterprise_uscc="91350200MA00000001",
+                                  candidates_considered=7, rules_version=domain.RULES_VERSION)
+    matched = matching.DemandMatched.FromString(mapping.demand_matched(head, [lead, lead]))
+    expected = matching.DemandMatched()
+    expected.CopyFrom(head)
+    expected.leads.extend([lead.proto(), lead.proto()])
+    assert matched == expected
+
+
+@given(st.binary(min_size=1, max_size=40_000))
+def test_an_embedded_field_is_what_protobuf_writes(payload: bytes) -> None:
+    tag = wire.field_tag(wrappers_pb2.BytesValue.DESCRIPTOR, "value")
+    assert wire.embedded(tag, payload) == wrappers_pb2.BytesValue(value=payload).SerializeToString()
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+def test_a_varint_is_what_protobuf_writes(n: int) -> None:
+    assert b"\x08" + wire.varint(n) == wrappers_pb2.UInt64Value(value=n).SerializeToString() or n == 0
