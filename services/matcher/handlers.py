@@ -124,15 +124,6 @@ def _lead(issue: Issue, now: datetime) -> mapping.EncodedLead:
                                created_at=now, contact_due_at=now + CONTACT_SLA, origin=issue.origin)
 
 
-def _lead_row(lead: mapping.EncodedLead, now: datetime) -> store.LeadRow:
-    return store.LeadRow(
-        lead_id=lead.lead_id, demand_id=lead.demand_id, institution_id=lead.institution_id,
-        product_id=lead.product_id, product_version=lead.product_version, score=lead.score, rank=lead.rank,
-        rules_version=domain.RULES_VERSION, lead=lead.data, created_at=now, contact_due_at=now + CONTACT_SLA,
-        origin=lead.origin,
-    )
-
-
 def _lead_issued(lead: mapping.EncodedLead, demand_bytes: bytes) -> outbox.Encoded:
     """``LeadIssued`` to the institution's own topic (keyed by lead id); ``demand_bytes`` from
     :func:`mapping.demand_part`."""
@@ -155,7 +146,8 @@ async def add_leads(conn: asyncpg.Connection, issues: Sequence[Issue], *, schema
     if not issues:
         return []
     leads = [(_lead(i, now), i) for i in issues]
-    inserted = await store.insert_leads(conn, [_lead_row(lead, now) for lead, _ in leads])
+    inserted = await store.insert_leads(conn, [lead for lead, _ in leads], rules_version=domain.RULES_VERSION,
+                                        created_at=now, contact_due_at=now + CONTACT_SLA)
     fresh = [(lead, i) for lead, i in leads if lead.lead_id in inserted]
     per_demand: dict[str, list[tuple[mapping.EncodedLead, Issue]]] = {}
     for lead, i in fresh:
@@ -272,13 +264,13 @@ class DemandMatcher:
                 for demand_id, (_, accepted, _, p) in todo.items()
             ], domain.RULES_VERSION)
             todo = {k: v for k, v in todo.items() if k in new}  # matched before, under another event id
-            lead_rows: list[store.LeadRow] = []
+            new_leads: list[mapping.EncodedLead] = []
             open_rows: list[store.OpenDemandRow] = []
             events: list[outbox.Encoded] = []
             for demand_id, (n, accepted, d, p) in todo.items():
                 leads = [_lead(Issue(accepted, pick, origin), now) for pick, origin in zip(p.result.picks, p.origins,
                                                                                            strict=True)]
-                lead_rows += [_lead_row(lead, now) for lead in leads]
+                new_leads += leads
                 if leads:
                     demand_bytes = mapping.demand_part(accepted)
                     events += [_lead_issued(lead, demand_bytes) for lead in leads]
@@ -298,7 +290,8 @@ class DemandMatcher:
                     tried=[lead.institution_id for lead in leads], valid_until=valid_until, matched_at=now,
                 ))
             await store.open_demands(conn, open_rows)
-            await store.insert_leads(conn, lead_rows)  # deterministic ids: a replay inserts none
+            await store.insert_leads(conn, new_leads, rules_version=domain.RULES_VERSION, created_at=now,
+                                     contact_due_at=now + CONTACT_SLA)  # deterministic ids: a replay inserts none
             await outbox.append_encoded(conn, events, schema=self.schema, occurred_at=now)
         for row in open_rows:
             self.open_demands.put(row.part, domain.OpenDemand(

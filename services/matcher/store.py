@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from meshkit.paging import Page
+from services.matcher.mapping import EncodedLead
 
 
 @dataclass(frozen=True)
@@ -282,35 +284,21 @@ async def delete_subscription(conn: asyncpg.Connection | asyncpg.Pool, subscript
     return status == "DELETE 1"
 
 
-@dataclass(frozen=True)
-class LeadRow:
-    lead_id: str
-    demand_id: str
-    institution_id: str
-    product_id: str
-    product_version: int
-    score: int
-    rank: int
-    rules_version: str
-    lead: bytes
-    created_at: datetime
-    contact_due_at: datetime
-    origin: str = "INTELLIGENT_MATCH"
-
-
-async def insert_leads(conn: asyncpg.Connection, rows: list[LeadRow]) -> set[str]:
+async def insert_leads(conn: asyncpg.Connection, leads: Sequence[EncodedLead], *, rules_version: str,
+                       created_at: datetime, contact_due_at: datetime) -> set[str]:
     """Insert the leads that do not exist yet; returns the ids inserted."""
-    if not rows:
+    if not leads:
         return set()
     inserted = await conn.fetch(
         "INSERT INTO leads (lead_id, demand_id, institution_id, product_id, product_version, score, rank,"
         " rules_version, lead, created_at, contact_due_at, origin)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::int[],"
-        " $8::text[], $9::bytea[], $10::timestamptz[], $11::timestamptz[], $12::text[])"
+        " SELECT l, d, i, p, v, s, r, $10, b, $11, $12, o FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::text[], $5::bigint[], $6::int[], $7::int[], $8::bytea[], $9::text[]) AS x(l, d, i, p, v, s, r, b, o)"
         " ON CONFLICT DO NOTHING RETURNING lead_id",
         *(list(col) for col in zip(*[
-            (r.lead_id, r.demand_id, r.institution_id, r.product_id, r.product_version, r.score, r.rank,
-             r.rules_version, r.lead, r.created_at, r.contact_due_at, r.origin) for r in rows
+            (x.lead_id, x.demand_id, x.institution_id, x.product_id, x.product_version, x.score, x.rank, x.data,
+             x.origin) for x in leads
         ], strict=True)),
+        rules_version, created_at, contact_due_at,
     )
     return {r["lead_id"] for r in inserted}
