@@ -374,10 +374,12 @@ async def settled(database_url: str, demand_ids: list[str], timeout: float) -> N
 
 
 async def end_offsets(bootstrap: str, topic_names: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                request_timeout_ms=120_000)
     await consumer.start()
     try:
         tps = [TopicPartition(name, p) for name in topic_names for p in range(topics.spec_for(name).partitions)]
+        consumer.assign(tps)  # the consumer learns the topics' metadata
         return await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
@@ -386,12 +388,13 @@ async def end_offsets(bootstrap: str, topic_names: list[str]) -> dict[TopicParti
 async def appended(bootstrap: str, since: dict[TopicPartition, int], wanted: set[str]) -> dict[str, float]:
     """When the first lead of each wanted demand was appended to its lead topic (the broker's
     ``LogAppendTime``, wall-clock seconds), reading every lead topic from the ``since`` offsets."""
+    ends = await end_offsets(bootstrap, sorted({tp.topic for tp in since}))
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=50, max_partition_fetch_bytes=1024 * 1024)
+                                fetch_max_wait_ms=50, max_partition_fetch_bytes=1024 * 1024,
+                                request_timeout_ms=120_000)
     await consumer.start()
     seen: dict[str, float] = {}
     try:
-        ends = await consumer.end_offsets(list(since))
         todo = {tp for tp in since if ends[tp] > since[tp]}
         consumer.assign(sorted(todo))
         for tp in todo:
