@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from meshkit import codec, log
 from meshkit.kafka import ensure_topics, list_topics, make_producer
 from meshkit.metrics import Metrics
-from meshkit.topics import TopicSpec, spec_for
+from meshkit.topics import TopicSpec, metric_topic, spec_for
 
 logger = log.get(__name__)
 
@@ -203,9 +203,14 @@ class OutboxRelay:
         await asyncio.wait_for(send_all(), self.send_timeout)
         await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
         acked = time.time()
+        lag = self.metrics.outbox_lag.labels(self.service)
+        per_family: dict[str, int] = {}
         for r in rows:
-            self.metrics.outbox_lag.labels(self.service).observe(max(0.0, acked - r["occurred_at"].timestamp()))
-            self.metrics.messages_produced.labels(self.service, r["topic"]).inc()
+            lag.observe(max(0.0, acked - r["occurred_at"].timestamp()))
+            family = metric_topic(r["topic"])
+            per_family[family] = per_family.get(family, 0) + 1
+        for family, n in per_family.items():
+            self.metrics.messages_produced.labels(self.service, family).inc(n)
         self.metrics.outbox_published.labels(self.service).inc(len(rows))
         self.published += len(rows)
         return len(rows)

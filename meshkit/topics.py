@@ -295,6 +295,17 @@ def lead_topic(institution_id: str) -> TopicSpec:
     return replace(LEADS, name=LEADS.name.format(institution_id=institution_id))
 
 
+def metric_topic(name: str) -> str:
+    """The topic label of a metric: an institution's lead topic counts under ``LEADS.name``
+    (thousands of institutions must not make thousands of series)."""
+    if name.startswith(_LEAD_PREFIX) and name.endswith(_LEAD_SUFFIX):
+        return LEADS.name
+    return name
+
+
+_LEAD_PREFIX, _LEAD_SUFFIX = LEADS.name.split("{institution_id}")
+
+
 def spec_for(name: str) -> TopicSpec:
     """The spec of a concrete topic name, including an institution's lead topic."""
     for t in REGISTRY:

@@ -161,3 +161,9 @@ def test_readme_topic_table_is_current() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert topics.markdown() in readme
+
+
+def test_lead_topics_share_one_metric_label_and_other_topics_keep_their_name() -> None:
+    assert topics.metric_topic(topics.lead_topic("bank-0001").name) == topics.LEADS.name
+    assert topics.metric_topic(topics.lead_topic("fund-x").name) == topics.LEADS.name
+    assert topics.metric_topic(topics.DEMANDS_MATCHED.name) == topics.DEMANDS_MATCHED.name
