@@ -109,7 +109,6 @@ class Matcher:
         self.ready = asyncio.Event()  # the catalog is loaded: the agent may match
         self.assigned = asyncio.Event()  # Faust's consumer has completed a rebalance
         self.rebalanced = asyncio.Event()  # the open demands to hold may have changed
-        self.held = asyncio.Event()  # the open demands of the current assignment are in memory
         self.agent = DemandAgent(matcher=lambda: self.demands, ready=self.ready, metrics=self.metrics,
                                  service=self.settings.service_name, dead_letter=self._dead_letter,
                                  batch_size=self.settings.match_batch_size,
@@ -150,7 +149,6 @@ class Matcher:
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self.assigned.set()
-        self.held.clear()
         self.rebalanced.set()
 
     def _demand_partitions(self) -> set[int]:
@@ -162,7 +160,11 @@ class Matcher:
 
     async def _hold_open_demands(self) -> None:
         """Hold in memory the open demands of the partitions assigned (after each rebalance), and
-        join the products changed while no worker held them."""
+        join the products changed while no worker held them.
+
+        Readiness does not wait for this (ready is: catalog loaded and verified, partitions
+        assigned): new demands are matched meanwhile, and a product changed while the open demands
+        load is joined against them by the catch-up once they are in."""
         assert self.rt is not None and self.reverse is not None
         while True:
             await self.rebalanced.wait()
@@ -171,8 +173,6 @@ class Matcher:
             self.open_demands.drop(self.open_demands.parts - wanted)
             added = sorted(wanted - self.open_demands.parts)
             if not added:
-                if not self.rebalanced.is_set():
-                    self.held.set()
                 continue
             for part in added:
                 self.open_demands.parts.add(part)  # new demands of these partitions are kept from now on
@@ -198,8 +198,6 @@ class Matcher:
                 issued = 0
             logger.info("open demands held", partitions=sorted(self.open_demands.parts), loaded=len(loaded),
                         held=len(self.open_demands), caught_up=issued)
-            if not self.rebalanced.is_set():
-                self.held.set()
 
     # -- start and stop (called by RuntimeService) -------------------------------------------------
     async def open(self) -> None:
@@ -238,7 +236,6 @@ class Matcher:
         rt.task(self._hold_open_demands)
         rt.readiness(self._catalog_verified)
         rt.readiness(self._partitions_assigned)
-        rt.readiness(self._demands_held)
         rt.on_stop(catalog.stop)
         self.ready.set()
 
@@ -247,9 +244,6 @@ class Matcher:
 
     async def _partitions_assigned(self) -> bool:
         return self.assigned.is_set()
-
-    async def _demands_held(self) -> bool:
-        return self.held.is_set()
 
     async def serve(self) -> None:
         """Report SERVING once ready, then watch the demand agent for stalls."""
