@@ -28,7 +28,7 @@ from meshkit.grpcserver import GrpcServer
 from meshkit.kafka import EventConsumer, Handler, make_producer
 from meshkit.metrics import Metrics
 from meshkit.metrics import serve as serve_metrics
-from meshkit.outbox import OutboxRelay
+from meshkit.outbox import OutboxRelay, RelayProcess
 from meshkit.settings import ServiceSettings
 from meshkit.topics import TopicSpec
 
@@ -51,9 +51,11 @@ class Runtime:
                                metrics=self.metrics)
         self.pool: asyncpg.Pool = None  # type: ignore[assignment]
         self.producer: AIOKafkaProducer = None  # type: ignore[assignment]
-        self.relay = OutboxRelay(database_url=settings.database_url, schema=schema,
-                                 bootstrap=settings.kafka_bootstrap_servers, service=self.service,
-                                 metrics=self.metrics)
+        self.relay: OutboxRelay | RelayProcess = (
+            RelayProcess(settings, schema=schema, metrics_port=settings.outbox_relay_metrics_port)
+            if settings.outbox_relay == "process" else
+            OutboxRelay(database_url=settings.database_url, schema=schema, bootstrap=settings.kafka_bootstrap_servers,
+                        service=self.service, metrics=self.metrics))
         self.consumers: list[EventConsumer] = []
         self._tasks: list[Callable[[], Awaitable[Any]]] = []
         self._readiness: list[ReadinessCheck] = []

@@ -12,6 +12,11 @@ acknowledgement and the delete republishes the same event id: consumers dedupe o
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
 import time
 import uuid
 import zlib
@@ -21,10 +26,13 @@ from datetime import datetime
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
+from pydantic import Field
 
 from meshkit import codec, log
 from meshkit.kafka import ensure_topics, list_topics, make_producer
 from meshkit.metrics import Metrics
+from meshkit.metrics import serve as serve_metrics
+from meshkit.settings import ServiceSettings, load
 from meshkit.topics import TopicSpec, metric_topic, spec_for
 
 logger = log.get(__name__)
@@ -214,3 +222,78 @@ class OutboxRelay:
         self.metrics.outbox_published.labels(self.service).inc(len(rows))
         self.published += len(rows)
         return len(rows)
+
+
+# -- the relay in a process of its own -----------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Have the kernel send SIGTERM to the child when the service that started it dies."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class RelayProcess:
+    """The relay of ``schema`` as a child process (``python -m meshkit.outbox``), so its broker and
+    database work runs on another core instead of inside the service's event loop.
+
+    Same interface as :class:`OutboxRelay`: :meth:`run` keeps the child running (restarting it if
+    it dies), :meth:`stop` has it finish the pass in hand and drain. The child dies with the
+    service and serves the relay's metrics on ``metrics_port`` (0: any free port, logged). Only
+    one relay per schema publishes at a time, whichever process it runs in.
+    """
+
+    def __init__(self, settings: ServiceSettings, *, schema: str, metrics_port: int) -> None:
+        self.env = {**os.environ, "SERVICE_NAME": settings.service_name, "OUTBOX_SCHEMA": schema,
+                    "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                    "DATABASE_URL": settings.database_url, "METRICS_PORT": str(metrics_port),
+                    "GRPC_PORT": "0", "LOG_LEVEL": settings.log_level}
+        self.grace = settings.shutdown_grace_seconds
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "meshkit.outbox", env=self.env, preexec_fn=_die_with_parent)
+            code = await self.proc.wait()
+            if not self._stopping.is_set():
+                logger.warning("outbox relay process exited; restarting", code=code)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        """Ask the child to drain and exit (``run`` returns once it has)."""
+        self._stopping.set()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+
+class RelaySettings(ServiceSettings):
+    outbox_schema: str = Field(description="The schema whose outbox this relay process publishes.")
+
+
+def main() -> None:
+    """The relay process: publishes ``OUTBOX_SCHEMA``'s outbox until SIGTERM, then drains."""
+    settings = load(RelaySettings)
+    log.configure(settings.service_name, settings.log_level)
+
+    async def run() -> None:
+        metrics = Metrics()
+        port, server = serve_metrics(metrics, settings.metrics_port)
+        relay = OutboxRelay(database_url=settings.database_url, schema=settings.outbox_schema,
+                            bootstrap=settings.kafka_bootstrap_servers, service=settings.service_name,
+                            metrics=metrics)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(relay.stop()))
+        logger.info("outbox relay process", schema=settings.outbox_schema, metrics_port=port)
+        try:
+            await relay.run()
+        finally:
+            server.shutdown()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +27,11 @@ class ServiceSettings(BaseSettings):
         default=60.0, gt=0, description="A consumer making no progress this long is restarted."
     )
     kafka_request_timeout_seconds: float = Field(default=10.0, gt=0)
+    outbox_relay: Literal["task", "process"] = Field(
+        default="task", description="Where the outbox relay runs: a task of the service's event loop, or a child "
+        "process beside it (its broker and database work then uses another core).")
+    outbox_relay_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the relay process's /metrics (0 = any free port, logged).")
 
 
 S = TypeVar("S", bound=BaseSettings)

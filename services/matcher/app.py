@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faust
 import mode
@@ -63,6 +63,9 @@ class MatcherSettings(ServiceSettings):
     faust_replication_factor: int = Field(default=1, ge=1, description="Replicas of Faust's internal topics.")
     match_batch_size: int = Field(default=200, ge=1, description="Demands matched in one transaction at most.")
     match_batch_ms: float = Field(default=5.0, ge=0, description="How long a batch waits to fill (milliseconds).")
+    # Matching keeps the service's event loop busy; its leads are published from a process beside it.
+    outbox_relay: Literal["task", "process"] = Field(default="process", description=ServiceSettings.model_fields[
+        "outbox_relay"].description)
 
 
 def broker_urls(bootstrap: str) -> list[str]:

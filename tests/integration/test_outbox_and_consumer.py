@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from finmesh.demand.v1 import demand_pb2, events_pb2
 from meshkit import codec, db, inbox, outbox, topics
 from meshkit.kafka import EventConsumer, make_producer
 from meshkit.metrics import Metrics
+from meshkit.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +158,58 @@ async def test_inbox_claims_once_and_prunes_old_entries(database_url: str, tmp_p
         assert await pool.fetchval("SELECT count(*) FROM inbox") == 1
     finally:
         await pool.close()
+
+
+async def test_a_relay_process_publishes_in_order_drains_on_stop_and_dies_with_its_service(
+    database_url: str, bootstrap: str, tmp_path: Path
+) -> None:
+    await db.migrate(database_url, "obxp", tmp_path)
+    spec = topics.DEMANDS_ACCEPTED
+    pool = await db.create_pool(database_url, schema="obxp")
+    settings = ServiceSettings(service_name="relay-test", kafka_bootstrap_servers=bootstrap, database_url=database_url,
+                               grpc_port=0, metrics_port=0, outbox_relay="process")
+    relay = outbox.RelayProcess(settings, schema="obxp", metrics_port=0)
+    task = asyncio.create_task(relay.run())
+    marker = uuid.uuid4().hex
+    try:
+        for n in range(3):  # 300 events of one demand (one key, so one partition), in three transactions
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.append_many(conn, [(spec, events_pb2.DemandAccepted(demand=demand_pb2.Demand(
+                    demand_id=marker, request=demand_pb2.DemandRequest(amount_fen=100 * n + i))), str(uuid.uuid4()))
+                    for i in range(100)], schema="obxp")
+        records = [r for r in await read_all(bootstrap, spec.name, 10_000, timeout=20) if r.key == marker.encode()]
+        amounts = [events_pb2.DemandAccepted.FromString(r.value).demand.request.amount_fen for r in records]
+        assert amounts == list(range(300))  # all of them, once each, in the order they were appended
+        # Stopping drains: what is committed before the stop is published before the process exits.
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.append(conn, spec, accepted(f"{marker}-last"), schema="obxp")
+        await relay.stop()
+        await asyncio.wait_for(task, 20)
+        assert relay.proc is not None and relay.proc.returncode == 0
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await pool.close()
+
+    # A service killed with kill -9 takes its relay process with it.
+    script = ("import asyncio, os, sys\nfrom meshkit import outbox\nfrom meshkit.settings import ServiceSettings\n"
+              "async def main():\n"
+              f"    s = ServiceSettings(service_name='orphan-test', kafka_bootstrap_servers={bootstrap!r},"
+              f" database_url={database_url!r}, grpc_port=0, metrics_port=0)\n"
+              "    relay = outbox.RelayProcess(s, schema='obxp', metrics_port=0)\n"
+              "    task = asyncio.create_task(relay.run())\n"
+              "    while relay.proc is None:\n        await asyncio.sleep(0.05)\n"
+              "    print(relay.proc.pid, flush=True)\n    await task\n"
+              "asyncio.run(main())\n")
+    parent = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    assert parent.stdout is not None
+    child = int((await asyncio.wait_for(parent.stdout.readline(), 30)).decode())
+    assert Path(f"/proc/{child}").exists()
+    parent.kill()
+    await parent.wait()
+    for _ in range(100):
+        if not Path(f"/proc/{child}").exists() or "State:\tZ" in Path(f"/proc/{child}/status").read_text():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the relay process {child} outlived its service")
