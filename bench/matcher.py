@@ -663,6 +663,7 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
             figures["reverse join: demands the product fits"] = len(wanted)
             figures["reverse join: leads on the topic"] = len(seen)
             figures["reverse join: upsert to last lead s"] = round(max(seen.values(), default=began) - began, 3)
+            await until_logged(matcher.log_path, "reverse join", "product_id=bench-new-product", timeout=60)
             figures["reverse join: in-memory join s"] = join_seconds(matcher.log_path)
             matcher.stop()
         finally:
