@@ -150,3 +150,17 @@ def test_an_embedded_field_is_what_protobuf_writes(payload: bytes) -> None:
 @given(st.integers(min_value=0, max_value=2**63 - 1))
 def test_a_varint_is_what_protobuf_writes(n: int) -> None:
     assert b"\x08" + wire.varint(n) == wrappers_pb2.UInt64Value(value=n).SerializeToString() or n == 0
+
+
+def test_outbox_rows_of_a_lead_and_a_match_are_keyed_as_the_topic_registry_keys_them() -> None:
+    from meshkit import topics
+    from services.matcher import handlers
+
+    pick, accepted = _picked_lead()
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    lead = mapping.encode_lead("lead-1", accepted.demand_id, pick, created_at=at, contact_due_at=at)
+    issued = handlers._lead_issued(lead, mapping.demand_part(accepted))
+    assert issued.spec.name == "leads.bank-a.v1"
+    assert issued.key == issued.spec.key_of(matching.LeadIssued.FromString(issued.payload))
+    matched = handlers._demand_matched(matching.DemandMatched(demand_id=accepted.demand_id), [lead], "e")
+    assert matched.key == topics.DEMANDS_MATCHED.key_of(matching.DemandMatched.FromString(matched.payload))
