@@ -436,13 +436,13 @@ def demand_of_match(r: Any) -> str:
 # -- the baselines ---------------------------------------------------------------------------------------------
 
 
-def faust_forward(bootstrap: str, group: str) -> None:
+def faust_forward(bootstrap: str, group: str, offset_reset: str = "earliest") -> None:
     """A do-nothing Faust agent: forwards every demand to the scratch topic (run as a subprocess)."""
     import faust
 
     app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
                     autodiscover=False, datadir=tempfile.mkdtemp(prefix="bench-faust-"), broker_session_timeout=6,
-                    broker_heartbeat_interval=1, broker_rebalance_timeout=10, consumer_auto_offset_reset="earliest",
+                    broker_heartbeat_interval=1, broker_rebalance_timeout=10, consumer_auto_offset_reset=offset_reset,
                     producer_acks=-1, topic_allow_declare=True)
     source = app.topic(topics.DEMANDS_ACCEPTED.name, key_serializer="raw", value_serializer="raw", internal=False)
     sink = app.topic(FORWARD.name, key_serializer="raw", value_serializer="raw", internal=False)
@@ -455,6 +455,54 @@ def faust_forward(bootstrap: str, group: str) -> None:
     worker = faust.Worker(app, loglevel="warn", redirect_stdouts=False, quiet=True)
     worker.spinner = None
     worker.execute_from_commandline()
+
+
+async def faust_latency(bootstrap: str, rng: random.Random, rate: int, seconds: int) -> list[float]:
+    """Demands at ``rate``/s through the do-nothing Faust forwarder (started at the topic's end):
+    seconds from handing each to the producer to the forwarder's send of it (the forwarded
+    record's timestamp)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.matcher", "faust-forward", bootstrap,
+                             f"bench-faust-latency-{uuid.uuid4().hex[:6]}", "latest"], cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=50)
+    producer = make_producer(bootstrap, "bench-faust-latency", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(FORWARD.name, p) for p in range(FORWARD.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        # Probes until one comes through: the forwarder has joined its group and reads from the end.
+        deadline = time.monotonic() + 120
+        through = False
+        while not through and time.monotonic() < deadline:
+            await publish(producer, [make_demand(rng, f"fprobe-{uuid.uuid4().hex[:8]}")], None, {})
+            batch = await consumer.getmany(timeout_ms=1000)
+            through = any(r.key.decode().startswith("fprobe-") for records in batch.values() for r in records)
+        demands = [make_demand(rng, f"f{rate}-{i}") for i in range(rate * seconds)]
+        sent: dict[str, float] = {}
+        feeding = asyncio.create_task(publish(producer, demands, rate, sent, clock=time.time))
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + seconds + 60
+        while len(seen) < len(demands) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                for r in records:
+                    key = r.key.decode()
+                    if key.startswith(f"f{rate}-"):
+                        seen.setdefault(key, r.timestamp / 1000)
+        await feeding
+        return [max(0.0, seen[k] - sent[k]) for k in seen]
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def aiokafka_forward(bootstrap: str, group: str, count: int) -> None:
@@ -626,6 +674,12 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
                 await producer.stop()
             matcher.stop()
 
+            # -- the same 300/s through the do-nothing Faust forwarder: Faust's own latency here ----------
+            console.print(f"latency at 300/s for {args.seconds} s through the do-nothing Faust forwarder")
+            lat = await faust_latency(bootstrap, rng, 300, args.seconds)
+            figures["faust forwarder at 300/s: latency p50 ms"] = round(report.percentile(lat, 50) * 1000, 1)
+            figures["faust forwarder at 300/s: latency p99 ms"] = round(report.percentile(lat, 99) * 1000, 1)
+
             # -- the reverse join over 100,000 open demands ------------------------------------------------
             console.print(f"reverse join: {args.open:,} open demands")
             open_demands = [make_demand(rng, f"o-{i}") for i in range(args.open)]
@@ -757,7 +811,7 @@ def main() -> None:
     args = parser().parse_args()
     if args.mode == "faust-forward":
         sys.argv = [sys.argv[0], "worker"]
-        faust_forward(args.rest[0], args.rest[1])
+        faust_forward(*args.rest)
     elif args.mode == "aiokafka-forward":
         asyncio.run(aiokafka_forward(args.rest[0], args.rest[1], int(args.rest[2])))
     else:
