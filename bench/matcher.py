@@ -9,7 +9,8 @@ the matcher's tables, then, in one run:
    Faust agent that only forwards them, then by a plain aiokafka consume-and-produce loop;
 3. latency: demands at 300/s and at 1,000/s; latency = the demand's first ``LeadIssued`` on an
    institution's lead topic (the broker's append time) − the moment the ``DemandAccepted`` was
-   handed to the producer;
+   handed to the producer; then the same 300/s through the do-nothing Faust forwarder alone (the
+   matcher stopped), as a yardstick: Faust's own latency on this machine;
 4. the reverse join: 100,000 open demands in the matcher's table, the matcher restarted (time to
    SERVING, time until the open demands are held, memory with them held), then a new product: time
    from ``UpsertProduct`` to the last ``DemandMatched`` it causes, and the matcher's own time for
