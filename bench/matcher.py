@@ -157,13 +157,13 @@ def free_port() -> int:
 class Matcher:
     """A matcher worker as a subprocess (``python -m services.matcher``)."""
 
-    def __init__(self, database_url: str, bootstrap: str, folder: Path, app_id: str) -> None:
+    def __init__(self, database_url: str, bootstrap: str, folder: Path, group: str) -> None:
         self.grpc_port = free_port()
         self.log_path = folder / "matcher.log"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "SERVICE_NAME": "matcher",
                     "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
-                    "GRPC_PORT": str(self.grpc_port), "METRICS_PORT": "0", "FAUST_DATADIR": str(folder / "faust"),
-                    "FAUST_APP_ID": app_id, "LOG_LEVEL": "info", "SHUTDOWN_GRACE_SECONDS": "5"}
+                    "GRPC_PORT": str(self.grpc_port), "METRICS_PORT": "0",
+                    "DEMAND_GROUP": group, "LOG_LEVEL": "info", "SHUTDOWN_GRACE_SECONDS": "5"}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -384,6 +384,19 @@ async def settled(database_url: str, demand_ids: list[str], timeout: float) -> N
         raise TimeoutError("the matcher did not settle")
     finally:
         await conn.close()
+
+
+async def transactions_begun(database_url: str, demand_ids: list[str]) -> dict[str, float]:
+    """When the matcher's transaction that matched each demand began (``matches.matched_at``, the
+    transaction's ``now()``; wall-clock seconds): after the demand was consumed and planned, before
+    its leads were stored, committed and relayed."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT demand_id, matched_at FROM matcher.matches WHERE demand_id = ANY($1::text[])",
+                                demand_ids)
+    finally:
+        await conn.close()
+    return {r["demand_id"]: r["matched_at"].timestamp() for r in rows}
 
 
 async def end_offsets(bootstrap: str, topic_names: list[str]) -> dict[TopicPartition, int]:
@@ -666,11 +679,17 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
                     await settled(database_url, list(wanted), seconds + 120)
                     seen = await appended(bootstrap, since, wanted)
                     lat = [max(0.0, seen[d] - sent[d]) for d in seen]
+                    begun = await transactions_begun(database_url, list(seen))
+                    before = [max(0.0, begun[d] - sent[d]) for d in seen]
+                    after = [max(0.0, seen[d] - begun[d]) for d in seen]
                     figures[f"{rate}/s achieved rate"] = round(len(batch) / feed_s, 1)
                     figures[f"{rate}/s demands with leads"] = f"{len(seen)} of {expected} expected"
                     figures[f"{rate}/s latency p50 ms"] = round(report.percentile(lat, 50) * 1000, 1)
                     figures[f"{rate}/s latency p99 ms"] = round(report.percentile(lat, 99) * 1000, 1)
                     figures[f"{rate}/s latency max ms"] = round(max(lat, default=0) * 1000, 1)
+                    for part, values in (("consumed and planned", before), ("stored, committed, relayed", after)):
+                        figures[f"{rate}/s {part}: p50 / p99 ms"] = (
+                            f"{report.percentile(values, 50) * 1000:.0f} / {report.percentile(values, 99) * 1000:.0f}")
             finally:
                 await producer.stop()
             matcher.stop()
@@ -728,7 +747,8 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
             postgres.stop()
     settings = {k: v for k, v in vars(args).items() if k != "mode"}
     settings["stack"] = ("Kafka 4.4.0 (KRaft, one node, 1 GiB heap), embedded PostgreSQL 18, one matcher worker "
-                         "(batches of 200 within 5 ms); everything on this machine, load generator included")
+                         "(batches of up to 200 demands, one per fetch); everything on this machine, load generator "
+                         "included")
     settings["latency"] = ("first LeadIssued on an institution's lead topic (the broker's LogAppendTime) - "
                            "DemandAccepted handed to the producer (wall clock, same machine)")
     report.write("matcher", figures, settings, console)

@@ -210,9 +210,8 @@ async def measure(console: Console, phases: list[Phase], name: str) -> None:
         "dataset": "deploy/demo/dataset.py (default seed): 52 institutions, 203 products, 1,000 enterprises",
         "kafka": {"version": "4.4.0 (KRaft, one node)", **RETENTION_SETTINGS,
                   "producers": "acks=all, idempotent, linger 0-1 ms"},
-        "faust": "services/matcher/app.py: broker_session_timeout=6, broker_heartbeat_interval=1, "
-                 "broker_rebalance_timeout=10, broker_commit_interval=1.0, producer_acks=-1",
-        "consumers": "aiokafka fetch_max_wait_ms=100, manual commit after handling",
+        "consumers": "aiokafka fetch_max_wait_ms=100, manual commit after handling (the matcher's demand "
+                     "consumer too: batches of up to 200)",
     }
     report.write(name, figures, settings, console)
 

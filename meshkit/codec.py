@@ -33,13 +33,14 @@ class PoisonMessage(Exception):
 
 @dataclass(frozen=True)
 class Envelope:
-    """A decoded record: the message and its headers."""
+    """A decoded record: the message, its headers, and the partition it was read from."""
 
     event_id: str
     event_type: str
     occurred_at: datetime
     producer: str
     message: Message
+    partition: int = -1  # -1: not read from a topic
 
 
 def now() -> datetime:
@@ -67,8 +68,9 @@ def header(headers: Headers | None, name: str) -> str | None:
     return None
 
 
-def decode(spec: TopicSpec, value: bytes | None, headers: Headers | None) -> Envelope:
-    """Decode one record of ``spec``; raise :class:`PoisonMessage` saying why it is unusable."""
+def decode(spec: TopicSpec, value: bytes | None, headers: Headers | None, partition: int = -1) -> Envelope:
+    """Decode one record of ``spec`` (read from ``partition``); raise :class:`PoisonMessage` saying
+    why it is unusable."""
     if value is None:
         raise PoisonMessage("empty record value")
     if len(value) > MAX_MESSAGE_BYTES:
@@ -97,4 +99,5 @@ def decode(spec: TopicSpec, value: bytes | None, headers: Headers | None) -> Env
         occurred_at=occurred_at,
         producer=header(headers, PRODUCER) or "unknown",
         message=msg,
+        partition=partition,
     )

@@ -10,7 +10,8 @@ restarts a consumer that stops making progress.
 A consumer may also take a ``batch_handler``: it receives every usable record of a fetch at
 once (per-partition order kept), so a service can apply them in one transaction. If a batch
 raises :class:`meshkit.codec.PoisonMessage`, its records are handled again one at a time, so
-that only the culprit is dead-lettered.
+that only the culprit is dead-lettered. ``on_assigned`` hears each new assignment of partitions
+(before records of them are handed over).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -31,6 +32,7 @@ logger = log.get(__name__)
 
 Handler = Callable[[codec.Envelope], Awaitable[None]]
 BatchHandler = Callable[[list[codec.Envelope]], Awaitable[None]]
+AssignmentListener = Callable[[set[TopicPartition]], None]
 
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
@@ -128,6 +130,7 @@ class EventConsumer:
         max_records: int = 500,
         auto_offset_reset: str = "earliest",
         batch_handler: BatchHandler | None = None,
+        on_assigned: AssignmentListener | None = None,
     ) -> None:
         assert handler is not None or batch_handler is not None, "a handler or a batch handler is required"
         self.spec = spec
@@ -141,6 +144,7 @@ class EventConsumer:
         self.stall_seconds = stall_seconds
         self.max_records = max_records
         self.auto_offset_reset = auto_offset_reset
+        self.on_assigned = on_assigned
         self._stopping = asyncio.Event()
         self._progress = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
@@ -198,7 +202,6 @@ class EventConsumer:
     async def _session(self) -> None:
         self._progress = time.monotonic()
         consumer = AIOKafkaConsumer(
-            self.spec.name,
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             client_id=f"{self.service}-{self.spec.name}",
@@ -214,6 +217,7 @@ class EventConsumer:
         )
         self._consumer = consumer
         await asyncio.wait_for(consumer.start(), 30)
+        consumer.subscribe([self.spec.name], listener=_Listener(self.on_assigned))
         while not self._stopping.is_set():
             batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 30)
             self._progress = time.monotonic()
@@ -244,7 +248,7 @@ class EventConsumer:
         while True:
             try:
                 try:
-                    env = codec.decode(self.spec, record.value, record.headers)
+                    env = codec.decode(self.spec, record.value, record.headers, record.partition)
                     await self._handle_one(env)
                     outcome = "processed"
                 except codec.PoisonMessage as poison:
@@ -281,7 +285,7 @@ class EventConsumer:
         for records in batch.values():
             for record in records:
                 try:
-                    usable.append((record, codec.decode(self.spec, record.value, record.headers)))
+                    usable.append((record, codec.decode(self.spec, record.value, record.headers, record.partition)))
                 except codec.PoisonMessage:
                     if not await self._process(record):  # dead-letters it (retrying if the broker fails)
                         return False
@@ -318,3 +322,17 @@ class EventConsumer:
                 await self._sleep(min(0.1 * 2**attempt, 5.0))
                 if self._stopping.is_set():
                     return False
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells ``on_assigned`` (if any) the partitions of each new assignment."""
+
+    def __init__(self, on_assigned: AssignmentListener | None) -> None:
+        self.on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.on_assigned is not None:
+            self.on_assigned(set(assigned))

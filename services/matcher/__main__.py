@@ -1,6 +1,8 @@
 """Run a matcher worker: ``python -m services.matcher``."""
 
-from services.matcher.app import main
+from meshkit.lifecycle import main
+from meshkit.settings import load
+from services.matcher.app import MIGRATIONS, SCHEMA, MatcherSettings, build
 
 if __name__ == "__main__":
-    main()
+    main(load(MatcherSettings), schema=SCHEMA, migrations=MIGRATIONS, build=build)

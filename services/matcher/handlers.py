@@ -213,12 +213,6 @@ class Standing:
 
 
 @dataclass
-class Incoming:
-    env: codec.Envelope
-    partition: int
-
-
-@dataclass
 class DemandMatcher:
     """Matches batches of ``DemandAccepted``: every demand planned by the pure core, then one
     transaction for the batch (inbox claims, match records, open demands, leads, outbox)."""
@@ -230,22 +224,22 @@ class DemandMatcher:
     standing: Standing
     open_demands: OpenDemandsView
 
-    async def handle(self, env: codec.Envelope, partition: int = 0) -> str:
-        return (await self.handle_batch([Incoming(env, partition)]))[0]
+    async def __call__(self, batch: Sequence[codec.Envelope]) -> None:
+        """Match ``DemandAccepted`` records read from the topic (each knows its partition); a demand
+        without an id is a :class:`codec.PoisonMessage` (dead-lettered with the reason)."""
+        await self.handle_batch(batch)
 
-    async def handle_batch(self, batch: Sequence[Incoming]) -> list[str]:
-        """Outcomes (``processed``, ``duplicate`` or ``invalid``) in the order of ``batch``."""
+    async def handle_batch(self, batch: Sequence[codec.Envelope]) -> list[str]:
+        """Outcomes (``processed`` or ``duplicate``) in the order of ``batch``."""
         now = codec.now()
         now_s = int(now.timestamp())
         outcomes = ["duplicate"] * len(batch)
         plans: dict[str, tuple[int, demand_pb2.Demand, domain.Demand, domain.Plan]] = {}
-        for n, item in enumerate(batch):
-            assert isinstance(item.env.message, demand_events.DemandAccepted)
-            accepted = item.env.message.demand
+        for n, env in enumerate(batch):
+            assert isinstance(env.message, demand_events.DemandAccepted)
+            accepted = env.message.demand
             if not accepted.demand_id:
-                logger.warning("demand without an id; skipped", event_id=item.env.event_id)
-                outcomes[n] = "invalid"
-                continue
+                raise codec.PoisonMessage("demand.demand_id is required")
             if accepted.demand_id in plans:
                 continue  # the same demand twice in one batch: the first one counts
             d = mapping.demand_from_proto(accepted)
@@ -254,7 +248,7 @@ class DemandMatcher:
                 responsiveness=self.standing.responsiveness, now=now_s))
         if not plans:
             return outcomes
-        event_of = {batch[n].env.event_id: demand_id for demand_id, (n, *_rest) in plans.items()}
+        event_of = {batch[n].event_id: demand_id for demand_id, (n, *_rest) in plans.items()}
         async with self.pool.acquire() as conn, conn.transaction():
             claimed = await store.claim_events(conn, DEMANDS_CONSUMER, list(event_of))
             todo = {event_of[e]: plans[event_of[e]] for e in claimed}
@@ -299,7 +293,7 @@ class DemandMatcher:
                 valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
         wall = time.time()
         for n, _, _, p in todo.values():
-            self.metrics.demand_to_lead.observe(max(0.0, wall - batch[n].env.occurred_at.timestamp()))
+            self.metrics.demand_to_lead.observe(max(0.0, wall - batch[n].occurred_at.timestamp()))
             if p.result.picks:
                 for origin in p.origins:
                     self.metrics.leads_issued.labels(origin.lower()).inc()

@@ -1,6 +1,6 @@
 """The event consumer's batch mode on the real broker and database: each partition's order is kept,
 a poison record in a batch is dead-lettered alone, a failing batch is retried, nothing is skipped
-and nothing is handled twice."""
+and nothing is handled twice; the consumer reports its assignment and each record's partition."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ async def test_batches_keep_order_and_dead_letter_only_the_culprit(
     handled: list[tuple[int, int]] = []  # (key, seq) in the order handled and committed
     batch_sizes: list[int] = []
     calls = Counter[str]()
+    assignments: list[set[int]] = []
+    partitions_of: dict[int, set[int]] = {}  # key -> the partitions its records were read from
 
     def ours(env: codec.Envelope) -> bool:
         return env.message.portal_demand_id.startswith(marker)  # type: ignore[attr-defined]
@@ -64,6 +66,7 @@ async def test_batches_keep_order_and_dead_letter_only_the_culprit(
                 if await inbox.claim(conn, "batch-test", env.event_id):
                     _, key, seq = env.message.portal_demand_id.rsplit("-", 2)  # type: ignore[attr-defined]
                     done.append((int(key), int(seq)))
+                    partitions_of.setdefault(int(key), set()).add(env.partition)
         handled.extend(done)  # only once committed
 
     async def batch_handler(envs: list[codec.Envelope]) -> None:
@@ -96,7 +99,8 @@ async def test_batches_keep_order_and_dead_letter_only_the_culprit(
     await producer.flush()
     consumer = EventConsumer(spec=spec, group_id=f"g-{marker}", bootstrap=bootstrap, batch_handler=batch_handler,
                              handler=record_handler if fallback == "record handler" else None,
-                             producer=producer, metrics=Metrics(), service="test", max_records=200)
+                             producer=producer, metrics=Metrics(), service="test", max_records=200,
+                             on_assigned=lambda tps: assignments.append({tp.partition for tp in tps}))
     task = asyncio.create_task(consumer.run())
     want = KEYS * PER_KEY - 1
     try:
@@ -111,6 +115,9 @@ async def test_batches_keep_order_and_dead_letter_only_the_culprit(
             seqs = [s for k, s in handled if k == key]
             assert seqs == sorted(seqs), f"key {key} out of order"
         assert max(batch_sizes) > 1  # really handled in batches
+        assert assignments and assignments[-1] == set(range(spec.partitions))  # the only member: all of them
+        for key, parts in partitions_of.items():  # each envelope knows where it was read from
+            assert len(parts) == 1 and parts <= assignments[-1], (key, parts)
         assert (calls["records"] > 0) == (fallback == "record handler")
         dead = [r for r in await read_all(bootstrap, spec.dead_letter.name, timeout=5)
                 if r.key and r.key.startswith(marker.encode())]

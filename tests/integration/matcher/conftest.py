@@ -14,16 +14,16 @@ from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
 
 
 @pytest.fixture(scope="module")
-def app_id() -> str:
-    """A consumer group of this module's own, so no other test's commits matter."""
+def demand_group() -> str:
+    """A demand consumer group of this module's own, so no other test's commits matter."""
     return f"finmesh-matcher-t{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-async def matcher(database_url: str, bootstrap: str, app_id: str,
+async def matcher(database_url: str, bootstrap: str, demand_group: str,
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MatcherProcess]:
     folder = tmp_path_factory.mktemp("matcher")
-    proc = MatcherProcess(matcher_env(database_url, bootstrap, folder / "faust", app_id), folder / "matcher.log")
+    proc = MatcherProcess(matcher_env(database_url, bootstrap, demand_group), folder / "matcher.log")
     proc.start()
     try:
         await proc.wait_serving()

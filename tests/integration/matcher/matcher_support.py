@@ -79,12 +79,12 @@ class MatcherProcess:
         return self.log_path.read_text(errors="replace")[-6000:]
 
 
-def matcher_env(database_url: str, bootstrap: str, datadir: Path, app_id: str) -> dict[str, str]:
+def matcher_env(database_url: str, bootstrap: str, group: str) -> dict[str, str]:
     return {
         **os.environ, "PYTHONUNBUFFERED": "1", "SERVICE_NAME": "matcher",
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
-        "GRPC_PORT": str(free_port()), "METRICS_PORT": "0", "FAUST_DATADIR": str(datadir),
-        "FAUST_APP_ID": app_id, "SHUTDOWN_GRACE_SECONDS": "3", "LOG_LEVEL": "info",
+        "GRPC_PORT": str(free_port()), "METRICS_PORT": "0",
+        "DEMAND_GROUP": group, "SHUTDOWN_GRACE_SECONDS": "3", "LOG_LEVEL": "info",
     }
 
 

@@ -214,6 +214,21 @@ async def test_undecodable_demand_is_dead_lettered_and_the_next_one_matched(cata
     assert matched, "the demand after the bad one was not matched"
 
 
+async def test_demand_without_id_is_dead_lettered_and_its_batch_matched(catalog_stub, bootstrap: str) -> None:
+    run = tag()
+    good = f"d-{run}"
+    event_id = await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(""))
+    await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(good, term_months=360, amount_fen=1,
+                                                                      max_rate_bps=1))
+    dead = await read_until(bootstrap, topics.DEMANDS_ACCEPTED_DLQ.name, lambda recs: bool(recs),
+                            keep=lambda r: codec.header(r.headers, codec.EVENT_ID) == event_id)
+    assert dead, "the demand without an id was not dead-lettered"
+    assert codec.header(dead[0].headers, codec.DLQ_REASON) == "demand.demand_id is required"
+    matched = await read_until(bootstrap, topics.DEMANDS_MATCHED.name, lambda recs: bool(recs),
+                               keep=lambda r: r.key == good.encode())
+    assert matched, "the demand after the one without an id was not matched"
+
+
 async def test_sigterm_stops_gracefully(matcher: MatcherProcess) -> None:
     """Last: the module's worker exits 0 on SIGTERM."""
     assert matcher.stop() == 0, matcher.logs()

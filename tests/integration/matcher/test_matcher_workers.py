@@ -32,7 +32,7 @@ def product(pid: str, inst: str, **kw: object) -> catalog.Product:
 
 
 async def test_two_workers_share_partitions_and_see_every_catalog_change(
-        matcher: MatcherProcess, catalog_stub, bootstrap: str, app_id: str) -> None:
+        matcher: MatcherProcess, catalog_stub, bootstrap: str, demand_group: str) -> None:
     run = uuid.uuid4().hex[:8]
     for i in range(5):
         await catalog_stub.UpsertProduct(catalog.UpsertProductRequest(product=product(f"{run}-{i}", f"bank-{run}")))
@@ -67,7 +67,7 @@ async def test_two_workers_share_partitions_and_see_every_catalog_change(
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            groups = await admin.describe_consumer_groups([app_id])
+            groups = await admin.describe_consumer_groups([demand_group])
         finally:
             await admin.close()
         members = groups[0].to_object()["groups"][0]["members"]

@@ -52,7 +52,7 @@ async def count_all(stub, kind: int, recipient: str) -> int:
 async def test_kill_9_mid_burst_gives_exactly_one_notification_per_lead(
         database_url: str, bootstrap: str, tmp_path_factory) -> None:
     folder = tmp_path_factory.mktemp("notifier-kill")
-    env = {**matcher_env(database_url, bootstrap, folder, "unused"),
+    env = {**matcher_env(database_url, bootstrap, "unused"),
            "SERVICE_NAME": f"notifier-k{uuid.uuid4().hex[:6]}"}
     proc = NotifierProcess(env, folder / "notifier.log")
     proc.start()

@@ -41,8 +41,8 @@ async def demand_rt(database_url: str, bootstrap: str, service_runtime, clock) -
 @pytest.fixture(scope="module")
 async def matcher(database_url: str, bootstrap: str, tmp_path_factory) -> AsyncIterator[MatcherProcess]:
     folder = tmp_path_factory.mktemp("matcher")
-    proc = MatcherProcess(matcher_env(database_url, bootstrap, folder / "faust",
-                                      f"finmesh-matcher-t{uuid.uuid4().hex[:8]}"), folder / "matcher.log")
+    env = matcher_env(database_url, bootstrap, f"finmesh-matcher-t{uuid.uuid4().hex[:8]}")
+    proc = MatcherProcess(env, folder / "matcher.log")
     proc.start()
     try:
         await proc.wait_serving()
