@@ -225,6 +225,11 @@ class EventConsumer:
                 self.assigned.set()
             if not batch:
                 continue
+            fetched_at = time.time()
+            age = self.metrics.record_age.labels(self.service, self.spec.name)
+            for records in batch.values():
+                for record in records:
+                    age.observe(max(0.0, fetched_at - record.timestamp / 1000))
             offsets: dict[TopicPartition, int] = {}
             if self.batch_handler is not None:
                 if not await self._process_batch(batch):

@@ -30,11 +30,17 @@ class Metrics:
         )
         # Kafka messages
         self.messages_consumed = Counter(
-            "finmesh_messages_consumed_total", "Records consumed, by outcome (processed, duplicate, dead_lettered).",
+            "finmesh_messages_consumed_total", "Records consumed, by outcome (processed, dead_lettered).",
             ["service", "topic", "outcome"], registry=r,
         )
         self.message_duration = Histogram(
             "finmesh_message_handle_duration_seconds", "Time to handle one consumed record.", ["service", "topic"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.record_age = Histogram(
+            "finmesh_consumer_record_age_seconds",
+            "How old a record was when its consumer fetched it (now minus the record's Kafka timestamp): time "
+            "spent on the broker and waiting behind the consumer's work.", ["service", "topic"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.message_retries = Counter(

@@ -226,14 +226,10 @@ class DemandMatcher:
 
     async def __call__(self, batch: Sequence[codec.Envelope]) -> None:
         """Match ``DemandAccepted`` records read from the topic (each knows its partition); a demand
-        without an id is a :class:`codec.PoisonMessage` (dead-lettered with the reason)."""
-        await self.handle_batch(batch)
-
-    async def handle_batch(self, batch: Sequence[codec.Envelope]) -> list[str]:
-        """Outcomes (``processed`` or ``duplicate``) in the order of ``batch``."""
+        without an id is a :class:`codec.PoisonMessage` (dead-lettered with the reason). Events
+        handled before, and demands matched before under another event id, change nothing."""
         now = codec.now()
         now_s = int(now.timestamp())
-        outcomes = ["duplicate"] * len(batch)
         plans: dict[str, tuple[int, demand_pb2.Demand, domain.Demand, domain.Plan]] = {}
         for n, env in enumerate(batch):
             assert isinstance(env.message, demand_events.DemandAccepted)
@@ -247,7 +243,7 @@ class DemandMatcher:
                 self.view, d, subscriptions=self.standing.subscriptions,
                 responsiveness=self.standing.responsiveness, now=now_s))
         if not plans:
-            return outcomes
+            return
         event_of = {batch[n].event_id: demand_id for demand_id, (n, *_rest) in plans.items()}
         async with self.pool.acquire() as conn, conn.transaction():
             claimed = await store.claim_events(conn, DEMANDS_CONSUMER, list(event_of))
@@ -273,7 +269,6 @@ class DemandMatcher:
                     no_match_explanation=p.result.explanation, candidates_considered=p.result.candidates_considered,
                     hints=mapping.hints_proto(p.result.hints), rules_version=domain.RULES_VERSION,
                 ), leads, ids.event_id("demand-matched", demand_id)))
-                outcomes[n] = "processed"
                 if not d.consent_to_share or d.docking_mode == domain.ENTERPRISE_ACTIVE:
                     continue  # nothing may ever be added to it: it is not kept open
                 valid_until = accepted.request.valid_until.ToDatetime(tzinfo=now.tzinfo) \
@@ -299,7 +294,6 @@ class DemandMatcher:
                     self.metrics.leads_issued.labels(origin.lower()).inc()
             else:
                 self.metrics.demands_unmatched.inc()
-        return outcomes
 
 
 # -- the reverse join: a new or changed product against the open demands -----------------------------------

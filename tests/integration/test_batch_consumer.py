@@ -97,9 +97,10 @@ async def test_batches_keep_order_and_dead_letter_only_the_culprit(
             await producer.send(spec.name, value=b"\x0a\xff\xff", key=f"{marker}-undecodable".encode(),
                                 headers=codec.make_headers(spec.event_type, "portal"))
     await producer.flush()
+    metrics = Metrics()
     consumer = EventConsumer(spec=spec, group_id=f"g-{marker}", bootstrap=bootstrap, batch_handler=batch_handler,
                              handler=record_handler if fallback == "record handler" else None,
-                             producer=producer, metrics=Metrics(), service="test", max_records=200,
+                             producer=producer, metrics=metrics, service="test", max_records=200,
                              on_assigned=lambda tps: assignments.append({tp.partition for tp in tps}))
     task = asyncio.create_task(consumer.run())
     want = KEYS * PER_KEY - 1
@@ -115,6 +116,12 @@ async def test_batches_keep_order_and_dead_letter_only_the_culprit(
             seqs = [s for k, s in handled if k == key]
             assert seqs == sorted(seqs), f"key {key} out of order"
         assert max(batch_sizes) > 1  # really handled in batches
+        ages = metrics.registry.get_sample_value("finmesh_consumer_record_age_seconds_count",
+                                                 {"service": "test", "topic": spec.name})
+        assert ages is not None and ages >= KEYS * PER_KEY + 1  # every record fetched has its age observed
+        total_age = metrics.registry.get_sample_value("finmesh_consumer_record_age_seconds_sum",
+                                                      {"service": "test", "topic": spec.name})
+        assert 0 < total_age / ages < 120  # produced before the consumer started: older than 0, younger than the test
         assert assignments and assignments[-1] == set(range(spec.partitions))  # the only member: all of them
         for key, parts in partitions_of.items():  # each envelope knows where it was read from
             assert len(parts) == 1 and parts <= assignments[-1], (key, parts)
