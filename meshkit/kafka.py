@@ -11,7 +11,8 @@ A consumer may also take a ``batch_handler``: it receives every usable record of
 once (per-partition order kept), so a service can apply them in one transaction. If a batch
 raises :class:`meshkit.codec.PoisonMessage`, its records are handled again one at a time, so
 that only the culprit is dead-lettered. ``on_assigned`` hears each new assignment of partitions
-(before records of them are handed over).
+(before records of them are handed over). ``assigned`` is set once the consumer has joined its
+group and received its share, even an empty one (more members than partitions): it is ready.
 """
 
 from __future__ import annotations
@@ -183,6 +184,11 @@ class EventConsumer:
                 session.cancel()
                 return
 
+    def _on_assigned(self, partitions: set[TopicPartition]) -> None:
+        self.assigned.set()
+        if self.on_assigned is not None:
+            self.on_assigned(partitions)
+
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
@@ -217,12 +223,10 @@ class EventConsumer:
         )
         self._consumer = consumer
         await asyncio.wait_for(consumer.start(), 30)
-        consumer.subscribe([self.spec.name], listener=_Listener(self.on_assigned))
+        consumer.subscribe([self.spec.name], listener=_Listener(self._on_assigned))
         while not self._stopping.is_set():
             batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 30)
             self._progress = time.monotonic()
-            if consumer.assignment():
-                self.assigned.set()
             if not batch:
                 continue
             fetched_at = time.time()
@@ -330,14 +334,13 @@ class EventConsumer:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tells ``on_assigned`` (if any) the partitions of each new assignment."""
+    """Tells ``on_assigned`` the partitions of each new assignment."""
 
-    def __init__(self, on_assigned: AssignmentListener | None) -> None:
+    def __init__(self, on_assigned: AssignmentListener) -> None:
         self.on_assigned = on_assigned
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         pass
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if self.on_assigned is not None:
-            self.on_assigned(set(assigned))
+        self.on_assigned(set(assigned))

@@ -89,7 +89,7 @@ class OpenDemandHolder:
         self.rebalanced = asyncio.Event()
 
     def assigned(self, partitions: set[TopicPartition]) -> None:
-        self.wanted = {tp.partition for tp in partitions if tp.topic == topics.DEMANDS_ACCEPTED.name}
+        self.wanted = {tp.partition for tp in partitions}
         self.rebalanced.set()
 
     async def run(self) -> None:

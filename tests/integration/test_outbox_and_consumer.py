@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer
 
 from finmesh.demand.v1 import demand_pb2, events_pb2
 from meshkit import codec, db, inbox, outbox, topics
-from meshkit.kafka import EventConsumer, make_producer
+from meshkit.kafka import EventConsumer, ensure_topics, make_producer
 from meshkit.metrics import Metrics
 from meshkit.settings import ServiceSettings
 
@@ -141,6 +141,38 @@ async def test_consumer_dead_letters_poison_retries_failures_and_skips_nothing(
         await asyncio.wait_for(task, 15)
         await producer.stop()
         await pool.close()
+
+
+async def test_a_member_with_no_partition_is_assigned_too(bootstrap: str) -> None:
+    """More members than partitions: the one left without a partition has still joined its group
+    (``assigned``, which readiness waits for), so a scaled-out replica reports SERVING."""
+    marker = uuid.uuid4().hex[:8]
+    spec = topics.TopicSpec(f"test.one-partition-{marker}", events_pb2.DemandAccepted, "demand.demand_id", "test",
+                            ("test",), 1, "One partition for two consumers.")
+    await ensure_topics(bootstrap, [spec])
+    producer = make_producer(bootstrap, "test")
+    await producer.start()
+    shares: list[list[set[int]]] = [[], []]
+
+    async def ignore(env: codec.Envelope) -> None:
+        pass
+
+    members = [EventConsumer(spec=spec, group_id=f"g-{marker}", bootstrap=bootstrap, handler=ignore, producer=producer,
+                             metrics=Metrics(), service="test", on_assigned=lambda tps, n=n: shares[n].append(
+                                 {tp.partition for tp in tps})) for n in range(2)]
+    tasks = [asyncio.create_task(m.run()) for m in members]
+    try:
+        for _ in range(200):
+            if all(m.assigned.is_set() for m in members) and sorted(len(s[-1]) for s in shares if s) == [0, 1]:
+                break
+            await asyncio.sleep(0.1)
+        assert all(m.assigned.is_set() for m in members)
+        assert sorted(len(s[-1]) for s in shares) == [0, 1]  # one has the partition, the other none
+    finally:
+        for m in members:
+            await m.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        await producer.stop()
 
 
 async def test_inbox_claims_once_and_prunes_old_entries(database_url: str, tmp_path: Path) -> None:
