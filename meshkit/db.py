@@ -17,14 +17,25 @@ _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
 async def create_pool(url: str, *, schema: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
-    """A pool whose connections use ``schema`` first on their search path."""
+    """A pool whose connections use ``schema`` first on their search path.
+
+    A connection goes back to the pool without asyncpg's reset query (``RESET ALL``, ``UNLISTEN *``,
+    advisory unlocks: a round trip after every use). Our services leave no session state on pooled
+    connections: settings come from the pool, locks are transaction-scoped, listeners use
+    connections of their own. An open transaction is still rolled back by asyncpg itself.
+    """
     return await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         server_settings={"search_path": f"{schema},public", "application_name": schema},
         command_timeout=30,
+        reset=_no_session_state,
     )
+
+
+async def _no_session_state(_conn: asyncpg.Connection) -> None:
+    """Nothing to reset (see :func:`create_pool`)."""
 
 
 def migration_files(folder: Path) -> list[tuple[int, Path]]:
