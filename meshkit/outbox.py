@@ -3,10 +3,13 @@
 A service writes an event with :func:`append` on the same connection, inside the same
 transaction, as the state change it announces; so both are committed or neither is. The
 :class:`OutboxRelay` publishes committed rows in order and deletes them once the broker
-has acknowledged them. It wakes on PostgreSQL ``NOTIFY`` (so an event leaves within
-milliseconds) and also polls, and only one relay per schema publishes at a time (an
-advisory lock), which keeps per-key order across replicas. A crash between the broker's
-acknowledgement and the delete republishes the same event id: consumers dedupe on it.
+has acknowledged them (in the same round trip as it reads the next rows). It wakes on
+PostgreSQL ``NOTIFY`` (so an event leaves within milliseconds) and also polls, and only
+one relay per schema publishes at a time (an advisory lock), which keeps per-key order
+across replicas. A crash between the broker's acknowledgement and the delete republishes
+the same event id: consumers dedupe on it. So do they when a database crash loses the
+relay's last deletes, which are committed without waiting for the disk (the events they
+remove are on the broker already).
 """
 
 from __future__ import annotations
@@ -52,16 +55,8 @@ async def append(
     occurred_at: datetime | None = None,
 ) -> str:
     """Add an event for ``spec`` to the outbox, in the caller's transaction; returns its event id."""
-    assert not spec.is_template, "use topics.lead_topic(...) for a concrete topic"
-    assert spec.message is not None and isinstance(message, spec.message), (spec.name, type(message))
     event_id = event_id or codec.new_event_id()
-    await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, payload, event_type, occurred_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-        uuid.UUID(event_id), spec.name, spec.key_of(message), message.SerializeToString(),
-        spec.event_type, occurred_at or codec.now(),
-    )
-    await conn.execute("SELECT pg_notify($1, '')", channel(schema))
+    await append_many(conn, [(spec, message, event_id)], schema=schema, occurred_at=occurred_at)
     return event_id
 
 
@@ -80,24 +75,27 @@ async def append_many(conn: asyncpg.Connection, items: list[tuple[TopicSpec, Mes
                       occurred_at: datetime | None = None) -> None:
     """Add several events ``(spec, message, event_id)`` at once, in the caller's transaction."""
     for s, m, _ in items:
-        assert not s.is_template and s.message is not None and isinstance(m, s.message), (s.name, type(m))
+        assert not s.is_template, "use topics.lead_topic(...) for a concrete topic"
+        assert s.message is not None and isinstance(m, s.message), (s.name, type(m))
     await append_encoded(conn, [Encoded(s, s.key_of(m), m.SerializeToString(), eid) for s, m, eid in items],
                          schema=schema, occurred_at=occurred_at)
 
 
+def columns(items: list[Encoded]) -> tuple[list[uuid.UUID], list[str], list[bytes], list[bytes], list[str]]:
+    """The arguments of the SQL function ``outbox_append`` for ``items``: event ids, topics, keys,
+    payloads and event types (for a service's own SQL function that appends in one round trip)."""
+    return ([uuid.UUID(i.event_id) for i in items], [i.spec.name for i in items], [i.key for i in items],
+            [i.payload for i in items], [i.spec.event_type for i in items])
+
+
 async def append_encoded(conn: asyncpg.Connection, items: list[Encoded], *, schema: str,
                          occurred_at: datetime | None = None) -> None:
-    """Add several serialised events at once, in order, in the caller's transaction (one statement)."""
+    """Add several serialised events at once, in order, in the caller's transaction, and wake the
+    relay: one round trip (the SQL function ``outbox_append``)."""
     if not items:
         return
-    await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, payload, event_type, occurred_at)"
-        " SELECT e, t, k, p, y, $6 FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])"
-        " WITH ORDINALITY AS x(e, t, k, p, y, n) ORDER BY n ON CONFLICT (event_id) DO NOTHING",
-        [uuid.UUID(i.event_id) for i in items], [i.spec.name for i in items], [i.key for i in items],
-        [i.payload for i in items], [i.spec.event_type for i in items], occurred_at or codec.now(),
-    )
-    await conn.execute("SELECT pg_notify($1, '')", channel(schema))
+    await conn.execute("SELECT outbox_append($1, $2, $3, $4, $5, $6, $7)", *columns(items),
+                       occurred_at or codec.now(), channel(schema))
 
 
 class OutboxRelay:
@@ -143,8 +141,11 @@ class OutboxRelay:
         self._wake.clear()
 
     async def _lead(self) -> None:
+        # The relay only deletes rows it has published: a delete lost in a database crash publishes
+        # those events again, which consumers dedupe, so its commits need not wait for the disk.
         conn: asyncpg.Connection = await asyncpg.connect(
-            self.database_url, server_settings={"search_path": self.schema, "application_name": "outbox-relay"}
+            self.database_url, server_settings={"search_path": self.schema, "application_name": "outbox-relay",
+                                                "synchronous_commit": "off"}
         )
         producer: AIOKafkaProducer | None = None
         try:
@@ -157,9 +158,10 @@ class OutboxRelay:
             producer = make_producer(self.bootstrap, f"{self.service}-outbox", linger_ms=0)
             await asyncio.wait_for(producer.start(), self.send_timeout)
             await self._learn_all(producer)
+            published: list[int] = []
             while True:
-                published = await self._pass(conn, producer)
-                if published == 0:
+                published = await self._pass(conn, producer, published)
+                if not published:
                     if self._stopping.is_set():
                         return
                     await self._sleep(self.poll_seconds)
@@ -188,15 +190,19 @@ class OutboxRelay:
         self._known_topics |= new_topics
         await asyncio.wait_for(producer.client.set_topics(self._known_topics), self.send_timeout)
 
-    async def _pass(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+    async def _pass(self, conn: asyncpg.Connection, producer: AIOKafkaProducer, published: list[int]) -> list[int]:
+        """Delete the rows of the pass before (``published``, acknowledged by the broker) and read the
+        next ones, in one round trip; publish those; returns their ids (none: the outbox was empty)."""
         rows = await conn.fetch(
-            "SELECT id, event_id, topic, key, payload, event_type, occurred_at FROM outbox ORDER BY id LIMIT $1",
-            self.batch_size,
+            "WITH gone AS (DELETE FROM outbox WHERE id = ANY($2::bigint[]))"
+            " SELECT id, event_id, topic, key, payload, event_type, occurred_at FROM outbox"
+            " WHERE id <> ALL($2::bigint[]) ORDER BY id LIMIT $1",  # the delete is not seen by this read
+            self.batch_size, published,
         )
         if len(rows) < self.batch_size:
             self.metrics.outbox_pending.labels(self.service).set(len(rows))
         if not rows:
-            return 0
+            return []
         new_topics = {r["topic"] for r in rows} - self._known_topics
         if new_topics:
             await self._learn(producer, new_topics)
@@ -209,7 +215,6 @@ class OutboxRelay:
 
         # One bound for the whole pass: enqueueing is cheap, and the broker acknowledges in batches.
         await asyncio.wait_for(send_all(), self.send_timeout)
-        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
         acked = time.time()
         lag = self.metrics.outbox_lag.labels(self.service)
         per_family: dict[str, int] = {}
@@ -221,7 +226,7 @@ class OutboxRelay:
             self.metrics.messages_produced.labels(self.service, family).inc(n)
         self.metrics.outbox_published.labels(self.service).inc(len(rows))
         self.published += len(rows)
-        return len(rows)
+        return [r["id"] for r in rows]
 
 
 # -- the relay in a process of its own -----------------------------------------------------------------------
