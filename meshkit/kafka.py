@@ -4,13 +4,16 @@
 the protobuf codec, hands it to the service's handler, dead-letters records that can never
 be processed (with the reason and origin in headers), retries failures that may pass
 (a database restart, a broker restart) without skipping, and commits offsets only after
-the records are handled. Commits and fetches are bounded by timeouts, and a watchdog
-restarts a consumer that stops making progress.
+the records are handled: each batch's commit runs while the next batch is handled (one in
+flight at a time), so a commit's round trip never delays a record. Commits and fetches are
+bounded by timeouts, and a watchdog restarts a consumer that stops making progress.
 
-A consumer may also take a ``batch_handler``: it receives every usable record of a fetch at
-once (per-partition order kept), so a service can apply them in one transaction. If a batch
+A consumer may also take a ``batch_handler``: it receives the usable records fetched so far
+at once (up to ``max_records``, per-partition order kept), so a service can apply them in one transaction. If a batch
 raises :class:`meshkit.codec.PoisonMessage`, its records are handled again one at a time, so
-that only the culprit is dead-lettered. ``on_assigned`` hears each new assignment of partitions
+that only the culprit is dead-lettered. Records are fetched while the ones before them are
+handled (see :class:`_Prefetch`), so one that arrives during a batch is handed over with the
+next, not after another fetch. ``on_assigned`` hears each new assignment of partitions
 (before records of them are handed over). ``assigned`` is set once the consumer has joined its
 group and received its share, even an empty one (more members than partitions): it is ready.
 """
@@ -23,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
 
 from meshkit import codec, log
 from meshkit.metrics import Metrics
@@ -149,6 +152,8 @@ class EventConsumer:
         self._stopping = asyncio.Event()
         self._progress = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
+        self._committing: asyncio.Task[None] | None = None
+        self._prefetch: _Prefetch | None = None
         self.assigned = asyncio.Event()
 
     # -- life cycle ---------------------------------------------------------------
@@ -183,6 +188,10 @@ class EventConsumer:
             if time.monotonic() - self._progress > self.stall_seconds:
                 session.cancel()
                 return
+
+    def _on_revoked(self, partitions: set[TopicPartition]) -> None:
+        if self._prefetch is not None:
+            self._prefetch.forget(partitions)
 
     def _on_assigned(self, partitions: set[TopicPartition]) -> None:
         self.assigned.set()
@@ -223,9 +232,26 @@ class EventConsumer:
         )
         self._consumer = consumer
         await asyncio.wait_for(consumer.start(), 30)
-        consumer.subscribe([self.spec.name], listener=_Listener(self._on_assigned))
+        consumer.subscribe([self.spec.name], listener=_Listener(self._on_assigned, self._on_revoked))
+        try:
+            await self._consume(consumer)
+        finally:
+            await self._commit_settled()
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        self._prefetch = prefetch = _Prefetch(consumer, limit=2 * self.max_records)
+        filling = asyncio.create_task(prefetch.fill(), name=f"fetch:{self.spec.name}")
+        try:
+            await self._handle_fetched(consumer, prefetch, filling)
+        finally:
+            self._prefetch = None
+            filling.cancel()
+            await asyncio.gather(filling, return_exceptions=True)
+
+    async def _handle_fetched(self, consumer: AIOKafkaConsumer, prefetch: _Prefetch, filling: asyncio.Task[None]
+                              ) -> None:
         while not self._stopping.is_set():
-            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 30)
+            batch = await prefetch.take(self.max_records, 0.5, filling)
             self._progress = time.monotonic()
             if not batch:
                 continue
@@ -247,7 +273,32 @@ class EventConsumer:
                             return  # stopping: leave the rest uncommitted, it will be redelivered
                         offsets[tp] = record.offset + 1
                         self._progress = time.monotonic()
+            if self._committing is not None:
+                await self._committing  # one commit in flight at a time, so they land in order
+            self._committing = asyncio.create_task(self._commit(consumer, offsets))
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` (of records already handled) while the next batch is handled.
+
+        A commit refused because the group moved the partitions on is not an error: their new
+        owner reads the records again, and handlers are idempotent. Any other failure ends the
+        session when the next commit awaits this one, and the consumer restarts from the last
+        committed offsets.
+        """
+        try:
             await asyncio.wait_for(consumer.commit(offsets), 15)
+        except (CommitFailedError, IllegalStateError) as err:
+            logger.info("offsets not committed: the group rebalanced", topic=self.spec.name, error=repr(err))
+
+    async def _commit_settled(self) -> None:
+        """Let the commit in flight finish before the consumer closes (a lost one only re-delivers)."""
+        committing, self._committing = self._committing, None
+        if committing is None:
+            return
+        done, _ = await asyncio.wait({committing}, timeout=5)
+        if committing in done and not committing.cancelled() and committing.exception() is not None:
+            logger.warning("last offset commit failed", topic=self.spec.name, error=repr(committing.exception()))
+        committing.cancel()
 
     async def _process(self, record: ConsumerRecord) -> bool:
         """Handle one record until it is handled or dead-lettered; False if stopping first."""
@@ -333,14 +384,84 @@ class EventConsumer:
                     return False
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tells ``on_assigned`` the partitions of each new assignment."""
+class _Prefetch:
+    """Takes fetched records out of aiokafka's buffer as soon as they land, while the records
+    before them are handled, and hands them over in batches.
 
-    def __init__(self, on_assigned: AssignmentListener) -> None:
+    aiokafka sends a broker no fetch request while records it fetched from that broker wait
+    unconsumed. Without this, a record arriving while a batch is handled would wait for that
+    batch, then for a fetch, then for the batch fetched before it. Holds at most ``limit``
+    records (then it stops fetching); those of revoked partitions are dropped.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, limit: int) -> None:
+        self.consumer = consumer
+        self.limit = limit
+        self.records: dict[TopicPartition, list[ConsumerRecord]] = {}
+        self.held = 0
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def fill(self) -> None:
+        """Fetch until cancelled (a fetch hanging for 30 s raises, and the consumer restarts)."""
+        while True:
+            await self._room.wait()
+            batch = await asyncio.wait_for(self.consumer.getmany(timeout_ms=500, max_records=self.limit - self.held),
+                                           30)
+            for tp, records in batch.items():
+                self.records.setdefault(tp, []).extend(records)
+                self.held += len(records)
+            if self.held:
+                self._arrived.set()
+            if self.held >= self.limit:
+                self._room.clear()
+
+    async def take(self, max_records: int, timeout: float, filling: asyncio.Task[None]
+                   ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Up to ``max_records`` records, each partition's in order, as soon as there are any;
+        none after ``timeout`` seconds. Raises what ended ``filling``."""
+        if not self.held:
+            self._arrived.clear()
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait({arrived, filling}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+        if filling.done():
+            filling.result()  # raises the fetch's failure; a fetch loop never returns otherwise
+        taken: dict[TopicPartition, list[ConsumerRecord]] = {}
+        room = max_records
+        for tp in list(self.records):
+            if room == 0:
+                break
+            records = self.records[tp]
+            taken[tp], rest = records[:room], records[room:]
+            room -= len(taken[tp])
+            if rest:
+                self.records[tp] = rest
+            else:
+                del self.records[tp]
+        self.held -= max_records - room
+        self._room.set()
+        return taken
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Drop the records of ``partitions`` (revoked: their new owner reads them again)."""
+        for tp in partitions:
+            self.held -= len(self.records.pop(tp, ()))
+        self._room.set()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells ``on_revoked`` and ``on_assigned`` the partitions of each rebalance."""
+
+    def __init__(self, on_assigned: AssignmentListener, on_revoked: AssignmentListener) -> None:
         self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        pass
+        self.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.on_assigned(set(assigned))

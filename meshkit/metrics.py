@@ -39,8 +39,8 @@ class Metrics:
         )
         self.record_age = Histogram(
             "finmesh_consumer_record_age_seconds",
-            "How old a record was when its consumer fetched it (now minus the record's Kafka timestamp): time "
-            "spent on the broker and waiting behind the consumer's work.", ["service", "topic"],
+            "How old a record was when its consumer began to handle it (now minus the record's Kafka timestamp): "
+            "time spent on the broker and waiting behind the consumer's work.", ["service", "topic"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.message_retries = Counter(

@@ -1,6 +1,7 @@
 """The event consumer's batch mode on the real broker and database: each partition's order is kept,
 a poison record in a batch is dead-lettered alone, a failing batch is retried, nothing is skipped
-and nothing is handled twice; the consumer reports its assignment and each record's partition."""
+and nothing is handled twice; the consumer reports its assignment and each record's partition, and
+it fetches while it handles."""
 
 from __future__ import annotations
 
@@ -137,3 +138,58 @@ async def test_batches_keep_order_and_dead_letter_only_the_culprit(
         await asyncio.wait_for(task, 15)
         await producer.stop()
         await pool.close()
+
+
+async def test_records_that_arrive_during_a_batch_come_together_in_the_next(bootstrap: str) -> None:
+    """The consumer keeps fetching while it handles a batch: records that arrive one by one
+    meanwhile (on one partition) are handed over together in the next batch, not one fetch at a
+    time after it (aiokafka alone fetches nothing while a fetched record waits unconsumed)."""
+    spec = topics.PORTAL_DEMANDS
+    marker = uuid.uuid4().hex
+    producer = make_producer(bootstrap, "test", linger_ms=0)
+    await producer.start()
+    batches: list[list[str]] = []
+    first_batch = asyncio.Event()
+
+    async def batch_handler(envs: list[codec.Envelope]) -> None:
+        mine = [e.message.portal_demand_id for e in envs  # type: ignore[attr-defined]
+                if e.message.portal_demand_id.startswith(marker)]  # type: ignore[attr-defined]
+        if not mine:
+            return
+        batches.append(mine)
+        if len(batches) == 1:
+            first_batch.set()
+            await asyncio.sleep(3)  # a slow batch: the next records arrive meanwhile
+
+    async def send(n: int | str) -> None:
+        msg = events_pb2.PortalDemandSubmitted(portal_demand_id=f"{marker}-{n}")
+        await producer.send_and_wait(spec.name, value=msg.SerializeToString(), key=marker.encode(),  # one partition
+                                     headers=codec.make_headers(spec.event_type, "portal"))
+
+    consumer = EventConsumer(spec=spec, group_id=f"g-{marker}", bootstrap=bootstrap, batch_handler=batch_handler,
+                             handler=None, producer=producer, metrics=Metrics(), service="test", max_records=100,
+                             auto_offset_reset="latest")
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(consumer.assigned.wait(), 60)
+        for attempt in range(60):  # the consumer starts from the end once it has looked it up
+            await send(f"start{attempt}")
+            try:
+                await asyncio.wait_for(asyncio.shield(first_batch.wait()), 1)
+                break
+            except TimeoutError:
+                pass
+        wanted = [f"{marker}-{n}" for n in range(1, 6)]
+        for n in range(1, 6):
+            await send(n)
+            await asyncio.sleep(0.2)
+        for _ in range(100):
+            if set(wanted) <= {i for b in batches for i in b}:
+                break
+            await asyncio.sleep(0.1)
+        together = [[i for i in b if i in wanted] for b in batches[1:]]
+        assert [b for b in together if b] == [wanted]
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()
