@@ -214,8 +214,9 @@ class Standing:
 
 @dataclass
 class DemandMatcher:
-    """Matches batches of ``DemandAccepted``: every demand planned by the pure core, then one
-    transaction for the batch (inbox claims, match records, open demands, leads, outbox)."""
+    """Matches batches of ``DemandAccepted``: every demand planned by the pure core, then the
+    batch stored in one round trip, one transaction (inbox claims, match records, open demands,
+    leads, outbox: :func:`store.record_match_batch`)."""
 
     pool: asyncpg.Pool
     view: domain.CatalogView
@@ -244,48 +245,43 @@ class DemandMatcher:
                 responsiveness=self.standing.responsiveness, now=now_s))
         if not plans:
             return
-        event_of = {batch[n].event_id: demand_id for demand_id, (n, *_rest) in plans.items()}
-        async with self.pool.acquire() as conn, conn.transaction():
-            claimed = await store.claim_events(conn, DEMANDS_CONSUMER, list(event_of))
-            todo = {event_of[e]: plans[event_of[e]] for e in claimed}
-            new = await store.record_matches(conn, [
-                store.MatchRow(demand_id, accepted.request.enterprise_uscc, len(p.result.picks),
-                               p.result.candidates_considered, p.result.explanation)
-                for demand_id, (_, accepted, _, p) in todo.items()
-            ], domain.RULES_VERSION)
-            todo = {k: v for k, v in todo.items() if k in new}  # matched before, under another event id
-            new_leads: list[mapping.EncodedLead] = []
-            open_rows: list[store.OpenDemandRow] = []
-            events: list[outbox.Encoded] = []
-            for demand_id, (n, accepted, d, p) in todo.items():
-                leads = [_lead(Issue(accepted, pick, origin), now) for pick, origin in zip(p.result.picks, p.origins,
-                                                                                           strict=True)]
-                new_leads += leads
-                if leads:
-                    demand_bytes = mapping.demand_part(accepted)
-                    events += [_lead_issued(lead, demand_bytes) for lead in leads]
-                events.append(_demand_matched(matching_events.DemandMatched(
-                    demand_id=demand_id, enterprise_uscc=accepted.request.enterprise_uscc,
-                    no_match_explanation=p.result.explanation, candidates_considered=p.result.candidates_considered,
-                    hints=mapping.hints_proto(p.result.hints), rules_version=domain.RULES_VERSION,
-                ), leads, ids.event_id("demand-matched", demand_id)))
-                if not d.consent_to_share or d.docking_mode == domain.ENTERPRISE_ACTIVE:
-                    continue  # nothing may ever be added to it: it is not kept open
-                valid_until = accepted.request.valid_until.ToDatetime(tzinfo=now.tzinfo) \
-                    if accepted.request.HasField("valid_until") else None
-                open_rows.append(store.OpenDemandRow(
-                    demand_id=demand_id, part=batch[n].partition, demand=accepted.SerializeToString(),
-                    docking_mode=d.docking_mode, consent=d.consent_to_share, active_leads=len(leads),
-                    tried=[lead.institution_id for lead in leads], valid_until=valid_until, matched_at=now,
-                ))
-            await store.open_demands(conn, open_rows)
-            await store.insert_leads(conn, new_leads, rules_version=domain.RULES_VERSION, created_at=now,
-                                     contact_due_at=now + CONTACT_SLA)  # deterministic ids: a replay inserts none
-            await outbox.append_encoded(conn, events, schema=self.schema, occurred_at=now)
+        matches: list[store.MatchRow] = []
+        open_rows: list[store.OpenDemandRow] = []
+        new_leads: list[mapping.EncodedLead] = []
+        events: list[tuple[str, outbox.Encoded]] = []
+        for demand_id, (n, accepted, d, p) in plans.items():
+            matches.append(store.MatchRow(demand_id, accepted.request.enterprise_uscc, len(p.result.picks),
+                                          p.result.candidates_considered, p.result.explanation))
+            leads = [_lead(Issue(accepted, pick, origin), now) for pick, origin in zip(p.result.picks, p.origins,
+                                                                                       strict=True)]
+            new_leads += leads
+            if leads:
+                demand_bytes = mapping.demand_part(accepted)
+                events += [(demand_id, _lead_issued(lead, demand_bytes)) for lead in leads]
+            events.append((demand_id, _demand_matched(matching_events.DemandMatched(
+                demand_id=demand_id, enterprise_uscc=accepted.request.enterprise_uscc,
+                no_match_explanation=p.result.explanation, candidates_considered=p.result.candidates_considered,
+                hints=mapping.hints_proto(p.result.hints), rules_version=domain.RULES_VERSION,
+            ), leads, ids.event_id("demand-matched", demand_id))))
+            if not d.consent_to_share or d.docking_mode == domain.ENTERPRISE_ACTIVE:
+                continue  # nothing may ever be added to it: it is not kept open
+            valid_until = accepted.request.valid_until.ToDatetime(tzinfo=now.tzinfo) \
+                if accepted.request.HasField("valid_until") else None
+            open_rows.append(store.OpenDemandRow(
+                demand_id=demand_id, part=batch[n].partition, demand=accepted.SerializeToString(),
+                docking_mode=d.docking_mode, consent=d.consent_to_share, active_leads=len(leads),
+                tried=[lead.institution_id for lead in leads], valid_until=valid_until, matched_at=now,
+            ))
+        fresh = await store.record_match_batch(  # deterministic ids: a replay stores nothing
+            self.pool, consumer=DEMANDS_CONSUMER, events={batch[n].event_id: k for k, (n, *_) in plans.items()},
+            matches=matches, open_rows=open_rows, leads=new_leads, outbox_events=events,
+            rules_version=domain.RULES_VERSION, now=now, contact_due_at=now + CONTACT_SLA, schema=self.schema)
         for row in open_rows:
-            self.open_demands.put(row.part, domain.OpenDemand(
-                todo[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried), matched_at=now_s,
-                valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
+            if row.demand_id in fresh:
+                self.open_demands.put(row.part, domain.OpenDemand(
+                    plans[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried),
+                    matched_at=now_s, valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
+        todo = {k: v for k, v in plans.items() if k in fresh}
         wall = time.time()
         for n, _, _, p in todo.values():
             self.metrics.demand_to_lead.observe(max(0.0, wall - batch[n].occurred_at.timestamp()))

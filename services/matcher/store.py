@@ -8,6 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
+from meshkit import outbox
+from meshkit.outbox import Encoded
 from meshkit.paging import Page
 from services.matcher.mapping import EncodedLead
 
@@ -111,20 +113,6 @@ class MatchRow:
     explanation: str
 
 
-async def record_matches(conn: asyncpg.Connection, rows: list[MatchRow], rules_version: str) -> set[str]:
-    """Record several demands as matched; returns those not matched before."""
-    if not rows:
-        return set()
-    inserted = await conn.fetch(
-        "INSERT INTO matches (demand_id, enterprise_uscc, leads, candidates_considered, no_match_explanation,"
-        " rules_version) SELECT d, u, l, c, e, $6 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[],"
-        " $5::text[]) AS t(d, u, l, c, e) ON CONFLICT DO NOTHING RETURNING demand_id",
-        [r.demand_id for r in rows], [r.enterprise_uscc for r in rows], [r.leads for r in rows],
-        [r.candidates for r in rows], [r.explanation for r in rows], rules_version,
-    )
-    return {r["demand_id"] for r in inserted}
-
-
 # -- open demands -------------------------------------------------------------------------------------
 
 
@@ -140,21 +128,6 @@ class OpenDemandRow:
     valid_until: datetime | None
     matched_at: datetime
     open: bool = True
-
-
-async def open_demands(conn: asyncpg.Connection, rows: list[OpenDemandRow]) -> None:
-    """Keep demands open (a replay changes nothing)."""
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO open_demands (demand_id, part, demand, docking_mode, consent, active_leads, tried, valid_until,"
-        " matched_at) SELECT d, p, b, m, c, a, string_to_array(t, ','), v, w FROM unnest($1::text[], $2::int[],"
-        " $3::bytea[], $4::text[], $5::bool[], $6::int[], $7::text[], $8::timestamptz[], $9::timestamptz[])"
-        " AS x(d, p, b, m, c, a, t, v, w) ON CONFLICT DO NOTHING",
-        [r.demand_id for r in rows], [r.part for r in rows], [r.demand for r in rows],
-        [r.docking_mode for r in rows], [r.consent for r in rows], [r.active_leads for r in rows],
-        [",".join(r.tried) for r in rows], [r.valid_until for r in rows], [r.matched_at for r in rows],
-    )
 
 
 def _open_row(r: asyncpg.Record) -> OpenDemandRow:
@@ -302,3 +275,35 @@ async def insert_leads(conn: asyncpg.Connection, leads: Sequence[EncodedLead], *
         rules_version, created_at, contact_due_at,
     )
     return {r["lead_id"] for r in inserted}
+
+
+# -- a batch of demands matched in memory, stored in one round trip -------------------------------------------
+
+
+async def record_match_batch(
+    conn: asyncpg.Connection | asyncpg.Pool, *, consumer: str, events: dict[str, str], matches: Sequence[MatchRow],
+    open_rows: Sequence[OpenDemandRow], leads: Sequence[EncodedLead], outbox_events: Sequence[tuple[str, Encoded]],
+    rules_version: str, now: datetime, contact_due_at: datetime, schema: str,
+) -> set[str]:
+    """Store a batch (one transaction, one round trip: the SQL function ``record_match_batch``):
+    claim ``events`` (event id -> demand id) in the inbox; record the demands whose event is new
+    and that were not matched before; for those only, keep their ``open_rows``, insert their
+    ``leads`` and append their ``outbox_events`` (demand id, event), in order. Returns the demand
+    ids recorded now (none for a replay)."""
+    if not matches:
+        return set()
+    fresh = await conn.fetchval(
+        "SELECT record_match_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
+        " $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35)",
+        consumer, list(events), list(events.values()), rules_version, now, contact_due_at,
+        [m.demand_id for m in matches], [m.enterprise_uscc for m in matches], [m.leads for m in matches],
+        [m.candidates for m in matches], [m.explanation for m in matches],
+        [r.demand_id for r in open_rows], [r.part for r in open_rows], [r.demand for r in open_rows],
+        [r.docking_mode for r in open_rows], [r.consent for r in open_rows], [r.active_leads for r in open_rows],
+        [",".join(r.tried) for r in open_rows], [r.valid_until for r in open_rows],
+        [x.lead_id for x in leads], [x.demand_id for x in leads], [x.institution_id for x in leads],
+        [x.product_id for x in leads], [x.product_version for x in leads], [x.score for x in leads],
+        [x.rank for x in leads], [x.data for x in leads], [x.origin for x in leads],
+        [d for d, _ in outbox_events], *outbox.columns([e for _, e in outbox_events]), outbox.channel(schema),
+    )
+    return set(fresh)

@@ -1,0 +1,62 @@
+-- The demand consumer's write, in one round trip: a batch of demands matched in memory is
+-- stored by one call, which is one transaction. It claims the batch's events in the inbox,
+-- records the demands not matched before (under any event id), and for those only keeps them
+-- open, inserts their leads and appends their events to the outbox. It returns the demands
+-- recorded now; a replayed batch returns none and changes nothing.
+--
+-- Inputs are parallel arrays, one group per table; the open-demand, lead and event groups each
+-- name the demand a row belongs to (p_*_demand). Events are appended in the order given.
+CREATE FUNCTION record_match_batch(
+    p_consumer text, p_event_ids text[], p_event_demands text[],
+    p_rules_version text, p_now timestamptz, p_contact_due_at timestamptz,
+    p_m_demand text[], p_m_uscc text[], p_m_leads int[], p_m_candidates int[], p_m_explanation text[],
+    p_o_demand text[], p_o_part int[], p_o_bytes bytea[], p_o_mode text[], p_o_consent boolean[],
+    p_o_active int[], p_o_tried text[], p_o_valid_until timestamptz[],
+    p_l_id text[], p_l_demand text[], p_l_institution text[], p_l_product text[], p_l_version bigint[],
+    p_l_score int[], p_l_rank int[], p_l_bytes bytea[], p_l_origin text[],
+    p_e_demand text[], p_e_id uuid[], p_e_topic text[], p_e_key bytea[], p_e_payload bytea[], p_e_type text[],
+    p_channel text
+) RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    fresh text[];
+BEGIN
+    WITH claimed AS (
+        INSERT INTO inbox (consumer, event_id) SELECT p_consumer, e FROM unnest(p_event_ids) AS e
+        ON CONFLICT DO NOTHING RETURNING event_id
+    ), recorded AS (
+        INSERT INTO matches (demand_id, enterprise_uscc, leads, candidates_considered, no_match_explanation,
+                             rules_version)
+        SELECT d, u, l, c, x, p_rules_version
+        FROM unnest(p_m_demand, p_m_uscc, p_m_leads, p_m_candidates, p_m_explanation) AS t(d, u, l, c, x)
+        WHERE d IN (SELECT ed FROM unnest(p_event_ids, p_event_demands) AS ev(e, ed)
+                    WHERE ev.e IN (SELECT event_id FROM claimed))
+        ON CONFLICT DO NOTHING RETURNING demand_id
+    )
+    SELECT coalesce(array_agg(demand_id), '{}') INTO fresh FROM recorded;
+    IF cardinality(fresh) = 0 THEN
+        RETURN fresh;
+    END IF;
+
+    INSERT INTO open_demands (demand_id, part, demand, docking_mode, consent, active_leads, tried, valid_until,
+                              matched_at)
+    SELECT d, p, b, m, c, a, string_to_array(t, ','), v, p_now
+    FROM unnest(p_o_demand, p_o_part, p_o_bytes, p_o_mode, p_o_consent, p_o_active, p_o_tried, p_o_valid_until)
+         AS x(d, p, b, m, c, a, t, v)
+    WHERE d = ANY (fresh)
+    ON CONFLICT DO NOTHING;
+
+    INSERT INTO leads (lead_id, demand_id, institution_id, product_id, product_version, score, rank, rules_version,
+                       lead, created_at, contact_due_at, origin)
+    SELECT l, d, i, p, v, s, r, p_rules_version, b, p_now, p_contact_due_at, o
+    FROM unnest(p_l_id, p_l_demand, p_l_institution, p_l_product, p_l_version, p_l_score, p_l_rank, p_l_bytes,
+                p_l_origin) AS x(l, d, i, p, v, s, r, b, o)
+    WHERE d = ANY (fresh)
+    ON CONFLICT DO NOTHING;
+
+    PERFORM outbox_append(array_agg(e ORDER BY n), array_agg(t ORDER BY n), array_agg(k ORDER BY n),
+                          array_agg(b ORDER BY n), array_agg(y ORDER BY n), p_now, p_channel)
+    FROM unnest(p_e_demand, p_e_id, p_e_topic, p_e_key, p_e_payload, p_e_type) WITH ORDINALITY AS x(d, e, t, k, b, y, n)
+    WHERE d = ANY (fresh);
+    RETURN fresh;
+END
+$$;
