@@ -113,11 +113,13 @@ class OpenDemandHolder:
                 continue
             loaded = []
             with bulk_load():
-                for row in rows:
-                    if self.open_demands.get(row.demand_id) is None:
+                for n, row in enumerate(rows, 1):
+                    if row.part in self.open_demands.parts and self.open_demands.get(row.demand_id) is None:
                         _, od = handlers.from_row(row)
                         self.open_demands.put(row.part, od)
                         loaded.append(od)
+                    if n % 5_000 == 0:
+                        await asyncio.sleep(0)  # health checks and new demands go on meanwhile
             try:
                 issued = await self.reverse.catch_up(loaded)
             except Exception as err:  # noqa: BLE001 - a missed catch-up costs a lead, not correctness
