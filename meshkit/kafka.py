@@ -9,13 +9,14 @@ flight at a time), so a commit's round trip never delays a record. Commits and f
 bounded by timeouts, and a watchdog restarts a consumer that stops making progress.
 
 A consumer may also take a ``batch_handler``: it receives the usable records fetched so far
-at once (up to ``max_records``, per-partition order kept), so a service can apply them in one transaction. If a batch
-raises :class:`meshkit.codec.PoisonMessage`, its records are handled again one at a time, so
-that only the culprit is dead-lettered. Records are fetched while the ones before them are
-handled (see :class:`_Prefetch`), so one that arrives during a batch is handed over with the
-next, not after another fetch. ``on_assigned`` hears each new assignment of partitions
-(before records of them are handed over). ``assigned`` is set once the consumer has joined its
-group and received its share, even an empty one (more members than partitions): it is ready.
+at once (up to ``max_records``, per-partition order kept), so a service can apply them in one
+transaction. If a batch raises :class:`meshkit.codec.PoisonMessage`, its records are handled
+again one at a time, so that only the culprit is dead-lettered. Records are fetched while the
+ones before them are handled (see :class:`_Prefetch`), so one that arrives during a batch is
+handed over with the next, not after another fetch. ``on_assigned`` hears each new assignment
+of partitions (before records of them are handed over). ``assigned`` is set once the consumer
+has joined its group and received its share, even an empty one (more members than
+partitions): it is ready.
 """
 
 from __future__ import annotations
@@ -435,13 +436,11 @@ class _Prefetch:
         for tp in list(self.records):
             if room == 0:
                 break
-            records = self.records[tp]
+            records = self.records.pop(tp)
             taken[tp], rest = records[:room], records[room:]
             room -= len(taken[tp])
             if rest:
-                self.records[tp] = rest
-            else:
-                del self.records[tp]
+                self.records[tp] = rest  # last in line now: the other partitions go first next time
         self.held -= max_records - room
         self._room.set()
         return taken
