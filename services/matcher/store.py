@@ -9,7 +9,6 @@ from datetime import datetime
 import asyncpg
 
 from meshkit import outbox
-from meshkit.outbox import Encoded
 from meshkit.paging import Page
 from services.matcher.mapping import EncodedLead
 
@@ -282,7 +281,8 @@ async def insert_leads(conn: asyncpg.Connection, leads: Sequence[EncodedLead], *
 
 async def record_match_batch(
     conn: asyncpg.Connection | asyncpg.Pool, *, consumer: str, events: dict[str, str], matches: Sequence[MatchRow],
-    open_rows: Sequence[OpenDemandRow], leads: Sequence[EncodedLead], outbox_events: Sequence[tuple[str, Encoded]],
+    open_rows: Sequence[OpenDemandRow], leads: Sequence[EncodedLead],
+    outbox_events: Sequence[tuple[str, outbox.Encoded]],
     rules_version: str, now: datetime, contact_due_at: datetime, schema: str,
 ) -> set[str]:
     """Store a batch (one transaction, one round trip: the SQL function ``record_match_batch``):
