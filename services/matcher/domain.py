@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import insort
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -1135,6 +1135,9 @@ def _amount_bucket(fen: int) -> int:
     return max(fen, 1).bit_length()  # powers of two
 
 
+RECENT_CHANGES = 4096  # product changes a view remembers in order (see CatalogView.applied_since)
+
+
 @dataclass
 class CatalogView:
     """Every product by id, latest version only; a change applies only if its version is newer.
@@ -1152,6 +1155,8 @@ class CatalogView:
     _stale: int = 0  # index entries of versions since replaced (skipped at lookup; rebuilt when many)
     _cap: tuple[object, int] | None = None
     active_count: int = 0  # kept as products change, so reading it costs nothing
+    applied: int = 0  # changes applied so far: a mark for :meth:`applied_since`
+    _recent: deque[Product] = field(default_factory=lambda: deque(maxlen=RECENT_CHANGES))
 
     def apply(self, product: Product) -> bool:
         current = self._products.get(product.product_id)
@@ -1164,6 +1169,8 @@ class CatalogView:
         self._checksum ^= row_hash(product.product_id, product.version)
         self.active_count += product.status == ACTIVE
         self._active = None
+        self.applied += 1
+        self._recent.append(product)
         if self._index is not None:
             if current is not None and current.status == ACTIVE:
                 self._stale += 1
@@ -1204,6 +1211,17 @@ class CatalogView:
 
     def get(self, product_id: str) -> Product | None:
         return self._products.get(product_id)
+
+    def applied_since(self, mark: int) -> list[Product]:
+        """The products changed since ``applied`` was ``mark``, each once, in its current version, in
+        the order they first changed (every product, if more changed than are remembered)."""
+        n = self.applied - mark
+        if n <= 0:
+            return []
+        if n > len(self._recent):
+            return list(self._products.values())
+        latest = {p.product_id: p for p in list(self._recent)[-n:]}
+        return [p for p in latest.values() if self._products.get(p.product_id) is p]
 
     def changed_after(self, at: int) -> list[Product]:
         """The products (any status) stored after ``at`` (epoch seconds), oldest first."""
