@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -120,11 +119,6 @@ class EventConsumer:
     atomically: any other exception retries the whole batch; :class:`PoisonMessage` makes the
     consumer handle the batch's records one at a time — with ``handler`` if given, else with
     ``batch_handler`` on one-record batches — dead-lettering only those that raise it again.
-
-    ``in_flight`` > 1 lets the next batches be handed over while a batch is still being handled
-    (the batch handler must then be safe to run concurrently with itself, e.g. planning a batch
-    while the one before is stored); offsets are still committed in order, each only once its
-    batch and every batch before it are handled.
     """
 
     def __init__(
@@ -142,10 +136,8 @@ class EventConsumer:
         auto_offset_reset: str = "earliest",
         batch_handler: BatchHandler | None = None,
         on_assigned: AssignmentListener | None = None,
-        in_flight: int = 1,
     ) -> None:
         assert handler is not None or batch_handler is not None, "a handler or a batch handler is required"
-        assert in_flight >= 1 and (in_flight == 1 or batch_handler is not None), "only batches can overlap"
         self.spec = spec
         self.group_id = group_id
         self.bootstrap = bootstrap
@@ -158,7 +150,6 @@ class EventConsumer:
         self.max_records = max_records
         self.auto_offset_reset = auto_offset_reset
         self.on_assigned = on_assigned
-        self.in_flight = in_flight
         self._stopping = asyncio.Event()
         self._progress = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
@@ -260,52 +251,32 @@ class EventConsumer:
 
     async def _handle_fetched(self, consumer: AIOKafkaConsumer, prefetch: _Prefetch, filling: asyncio.Task[None]
                               ) -> None:
-        handling: deque[tuple[asyncio.Task[bool], dict[TopicPartition, int]]] = deque()  # batches, oldest first
-        try:
-            while not self._stopping.is_set():
-                while handling and (len(handling) >= self.in_flight or handling[0][0].done()):
-                    task, offsets = handling.popleft()
-                    if not await task:
-                        return  # stopping: leave the batch uncommitted, it will be redelivered
-                    self._progress = time.monotonic()
-                    await self._commit_in_order(consumer, offsets)
-                batch = await prefetch.take(self.max_records, 0.5, filling, handling[0][0] if handling else None)
-                self._progress = time.monotonic()
-                if not batch:
-                    continue
-                fetched_at = time.time()
-                age = self.metrics.record_age.labels(self.service, self.spec.name)
-                for records in batch.values():
-                    for record in records:
-                        age.observe(max(0.0, fetched_at - record.timestamp / 1000))
+        while not self._stopping.is_set():
+            batch = await prefetch.take(self.max_records, 0.5, filling)
+            self._progress = time.monotonic()
+            if not batch:
+                continue
+            fetched_at = time.time()
+            age = self.metrics.record_age.labels(self.service, self.spec.name)
+            for records in batch.values():
+                for record in records:
+                    age.observe(max(0.0, fetched_at - record.timestamp / 1000))
+            offsets: dict[TopicPartition, int] = {}
+            if self.batch_handler is not None:
+                if not await self._process_batch(batch):
+                    return  # stopping: leave the batch uncommitted, it will be redelivered
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
-                if self.batch_handler is not None:
-                    handling.append((asyncio.create_task(self._process_batch(batch)), offsets))
-                    continue
-                for records in batch.values():
+                self._progress = time.monotonic()
+            else:
+                for tp, records in batch.items():
                     for record in records:
                         if not await self._process(record):
                             return  # stopping: leave the rest uncommitted, it will be redelivered
+                        offsets[tp] = record.offset + 1
                         self._progress = time.monotonic()
-                await self._commit_in_order(consumer, offsets)
-        finally:
-            await self._settle(handling)
-
-    async def _settle(self, handling: deque[tuple[asyncio.Task[bool], dict[TopicPartition, int]]]) -> None:
-        """Batches still being handled when the session ends: let them finish if it is stopping
-        (the batch in hand is stored), cancel them otherwise; either way they stay uncommitted."""
-        tasks = [task for task, _ in handling]
-        if not tasks:
-            return
-        if not self._stopping.is_set():
-            for task in tasks:
-                task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _commit_in_order(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        if self._committing is not None:
-            await self._committing  # one commit in flight at a time, so they land in order
-        self._committing = asyncio.create_task(self._commit(consumer, offsets))
+            if self._committing is not None:
+                await self._committing  # one commit in flight at a time, so they land in order
+            self._committing = asyncio.create_task(self._commit(consumer, offsets))
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (of records already handled) while the next batch is handled.
@@ -447,16 +418,15 @@ class _Prefetch:
             if self.held >= self.limit:
                 self._room.clear()
 
-    async def take(self, max_records: int, timeout: float, filling: asyncio.Task[None],
-                   also: asyncio.Future[object] | None = None) -> dict[TopicPartition, list[ConsumerRecord]]:
+    async def take(self, max_records: int, timeout: float, filling: asyncio.Task[None]
+                   ) -> dict[TopicPartition, list[ConsumerRecord]]:
         """Up to ``max_records`` records, each partition's in order, as soon as there are any;
-        none after ``timeout`` seconds, or as soon as ``also`` is done. Raises what ended ``filling``."""
+        none after ``timeout`` seconds. Raises what ended ``filling``."""
         if not self.held:
             self._arrived.clear()
             arrived = asyncio.ensure_future(self._arrived.wait())
             try:
-                await asyncio.wait({arrived, filling, *([also] if also else [])}, timeout=timeout,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({arrived, filling}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 arrived.cancel()
         if filling.done():

@@ -52,9 +52,6 @@ class MatcherSettings(ServiceSettings):
     demand_group: str = Field(default=DEMAND_GROUP,
                               description="The consumer group of the demand topic: the matcher workers share it.")
     match_batch_size: int = Field(default=200, ge=1, description="Demands matched in one transaction at most.")
-    match_batches_in_flight: int = Field(
-        default=2, ge=1, description="Demand batches handed to a worker at once: the next one is planned while "
-                                     "the one before is stored.")
     # Matching keeps the service's event loop busy; its leads are published from a process beside it.
     outbox_relay: Literal["task", "process"] = Field(default="process", description=ServiceSettings.model_fields[
         "outbox_relay"].description)
@@ -161,8 +158,7 @@ async def build(rt: Runtime) -> None:
     rt.grpc.add(docking_grpc.add_DemandPoolServiceServicer_to_server, DemandPoolApi(docking),
                 docking_pb.DESCRIPTOR.services_by_name["DemandPoolService"])
     rt.consume(topics.DEMANDS_ACCEPTED, None, group=settings.demand_group, batch_handler=demands,
-               max_records=settings.match_batch_size, in_flight=settings.match_batches_in_flight,
-               on_assigned=holder.assigned)
+               max_records=settings.match_batch_size, on_assigned=holder.assigned)
     rt.consume(topics.PRODUCTS_PUBLISHED, ProductsPublished(rt.pool, catalog, SCHEMA))
     rt.consume(topics.LEAD_STATUS_CHANGED, LeadStatusChanges(outcomes))
     rt.consume(topics.DEMAND_STATUS_CHANGED, DemandStatusChanges(outcomes))

@@ -216,8 +216,7 @@ class Standing:
 class DemandMatcher:
     """Matches batches of ``DemandAccepted``: every demand planned by the pure core, then the
     batch stored in one round trip, one transaction (inbox claims, match records, open demands,
-    leads, outbox: :func:`store.record_match_batch`). A batch may be planned while the one before
-    it is being stored (the consumer hands over two at a time); the stores take turns.
+    leads, outbox: :func:`store.record_match_batch`).
 
     A product changed after a batch was planned and before its open demands are held has not met
     them, nor has its reverse join (run on the demands held then): ``rejoin`` joins it with them."""
@@ -229,7 +228,6 @@ class DemandMatcher:
     standing: Standing
     open_demands: OpenDemandsView
     rejoin: Callable[[domain.Product, Sequence[domain.OpenDemand]], Awaitable[int]] | None = None
-    _storing: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     async def __call__(self, batch: Sequence[codec.Envelope]) -> None:
         """Match ``DemandAccepted`` records read from the topic (each knows its partition); a demand
@@ -279,18 +277,17 @@ class DemandMatcher:
                 docking_mode=d.docking_mode, consent=d.consent_to_share, active_leads=len(leads),
                 tried=[lead.institution_id for lead in leads], valid_until=valid_until, matched_at=now,
             ))
-        async with self._storing:
-            fresh = await store.record_match_batch(  # deterministic ids: a replay stores nothing
-                self.pool, consumer=DEMANDS_CONSUMER, events={batch[n].event_id: k for k, (n, *_) in plans.items()},
-                matches=matches, open_rows=open_rows, leads=new_leads, outbox_events=events,
-                rules_version=domain.RULES_VERSION, now=now, contact_due_at=now + CONTACT_SLA, schema=self.schema)
-            held: list[domain.OpenDemand] = []
-            for row in open_rows:
-                if row.demand_id in fresh:
-                    held.append(domain.OpenDemand(
-                        plans[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried),
-                        matched_at=now_s, valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
-                    self.open_demands.put(row.part, held[-1])
+        fresh = await store.record_match_batch(  # deterministic ids: a replay stores nothing
+            self.pool, consumer=DEMANDS_CONSUMER, events={batch[n].event_id: k for k, (n, *_) in plans.items()},
+            matches=matches, open_rows=open_rows, leads=new_leads, outbox_events=events,
+            rules_version=domain.RULES_VERSION, now=now, contact_due_at=now + CONTACT_SLA, schema=self.schema)
+        held: list[domain.OpenDemand] = []
+        for row in open_rows:
+            if row.demand_id in fresh:
+                held.append(domain.OpenDemand(
+                    plans[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried),
+                    matched_at=now_s, valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
+                self.open_demands.put(row.part, held[-1])
         await self._join_late_products(mark, held)
         todo = {k: v for k, v in plans.items() if k in fresh}
         wall = time.time()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient
 
 from finmesh.demand.v1 import events_pb2
 from meshkit import codec, db, inbox, topics
@@ -191,75 +190,6 @@ async def test_records_that_arrive_during_a_batch_come_together_in_the_next(boot
         together = [[i for i in b if i in wanted] for b in batches[1:]]
         assert [b for b in together if b] == [wanted]
     finally:
-        await consumer.stop()
-        await asyncio.wait_for(task, 15)
-        await producer.stop()
-
-
-async def test_batches_in_flight_overlap_and_their_offsets_are_committed_in_order(bootstrap: str) -> None:
-    """With two batches in flight, the next batch is handled while a slow one is still being
-    handled; the offsets move past the slow batch only once it is done."""
-    spec = topics.PORTAL_DEMANDS
-    marker = uuid.uuid4().hex
-    group = f"g-{marker}"
-    producer = make_producer(bootstrap, "test", linger_ms=0)
-    await producer.start()
-    handled: list[str] = []
-    slow_started, release = asyncio.Event(), asyncio.Event()
-
-    async def batch_handler(envs: list[codec.Envelope]) -> None:
-        mine = [e.message.portal_demand_id for e in envs  # type: ignore[attr-defined]
-                if e.message.portal_demand_id.startswith(marker)]  # type: ignore[attr-defined]
-        if mine and not slow_started.is_set():
-            slow_started.set()
-            await release.wait()  # the slow batch
-        handled.extend(mine)
-
-    async def send(name: str) -> tuple[int, int]:
-        msg = events_pb2.PortalDemandSubmitted(portal_demand_id=f"{marker}-{name}")
-        meta = await producer.send_and_wait(spec.name, value=msg.SerializeToString(), key=marker.encode(),
-                                            headers=codec.make_headers(spec.event_type, "portal"))
-        return meta.partition, meta.offset
-
-    async def committed(partition: int) -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group)
-        finally:
-            await admin.close()
-        return max((o.offset for tp, o in offsets.items() if tp.partition == partition), default=-1)
-
-    consumer = EventConsumer(spec=spec, group_id=group, bootstrap=bootstrap, batch_handler=batch_handler,
-                             handler=None, producer=producer, metrics=Metrics(), service="test", max_records=100,
-                             auto_offset_reset="latest", in_flight=2)
-    task = asyncio.create_task(consumer.run())
-    try:
-        await asyncio.wait_for(consumer.assigned.wait(), 60)
-        for attempt in range(60):  # the consumer starts from the end once it has looked it up
-            partition, slow_offset = await send(f"slow{attempt}")
-            try:
-                await asyncio.wait_for(asyncio.shield(slow_started.wait()), 1)
-                break
-            except TimeoutError:
-                pass
-        _, next_offset = await send("next")  # the same key: the same partition
-        for _ in range(100):
-            if f"{marker}-next" in handled:
-                break
-            await asyncio.sleep(0.1)
-        assert handled == [f"{marker}-next"]  # handled while the slow batch is still in hand
-        await asyncio.sleep(1.5)  # time enough for a commit, were one made
-        assert await committed(partition) <= slow_offset  # nothing past the slow batch is committed yet
-        release.set()
-        for _ in range(100):
-            if await committed(partition) == next_offset + 1:
-                break
-            await asyncio.sleep(0.1)
-        assert await committed(partition) == next_offset + 1
-        assert handled[-1].startswith(f"{marker}-slow")
-    finally:
-        release.set()
         await consumer.stop()
         await asyncio.wait_for(task, 15)
         await producer.stop()

@@ -1,6 +1,6 @@
 """A product that changes while a batch of demands is between planning and storing still meets
 them: the matcher's demand handler and reverse join on the real PostgreSQL, the change placed
-deterministically in that window (the batch waits for its turn to store)."""
+in that window deterministically (another transaction holds the store up with a table lock)."""
 
 from __future__ import annotations
 
@@ -64,14 +64,15 @@ async def test_a_product_changed_while_a_batch_is_stored_reaches_its_demands(poo
     demand_id = envelope.message.demand.demand_id
     bank = f"late-{uuid.uuid4().hex[:6]}"
 
-    async with matcher._storing:  # the batch before is still being stored
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("LOCK TABLE matches IN EXCLUSIVE MODE")  # the batch's store must wait
         handling = asyncio.create_task(matcher([envelope]))
-        await asyncio.sleep(0)  # planned against the empty catalog, now waiting for its turn to store
+        await asyncio.sleep(0.5)  # planned against the empty catalog, now waiting on the lock
         assert not handling.done()
         late = product(f"{bank}-eq", bank)
         assert view.apply(late)
         assert await reverse.join(late) == 0  # the demand is not held yet: the product's own join misses it
-    await handling
+    await asyncio.wait_for(handling, 30)
 
     rows = await pool.fetch("SELECT lead_id, product_id FROM leads WHERE demand_id = $1", demand_id)
     assert [(r["lead_id"], r["product_id"]) for r in rows] == [(ids.lead_id(demand_id, late.product_id),
