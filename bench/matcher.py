@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import os
 import random
 import re
@@ -277,14 +278,22 @@ async def warm_lead_topics(bootstrap: str, broker_pid: int | None, banks: list[s
     await producer.start()
     try:
         names = [topics.lead_topic(b).name for b in banks]
-        await producer.client.set_topics(set(names))
-        while True:  # every topic led, or the writes below only retry (and log each retry)
-            await producer.client.force_metadata_update()
-            cluster = producer.client.cluster
-            leaders = [cluster.leader_for_partition(TopicPartition(n, 0)) for n in names]
-            if all(leader is not None and leader >= 0 for leader in leaders):
-                break
-            await asyncio.sleep(0.5)
+        # Every topic led first, or the writes below only retry (and log each retry); meanwhile
+        # aiokafka logs each topic the metadata does not list yet, thousands of lines: not shown.
+        quiet = logging.getLogger("aiokafka.cluster")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            await producer.client.set_topics(set(names))
+            while True:
+                await producer.client.force_metadata_update()
+                cluster = producer.client.cluster
+                leaders = [cluster.leader_for_partition(TopicPartition(n, 0)) for n in names]
+                if all(leader is not None and leader >= 0 for leader in leaders):
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            quiet.setLevel(level)
         warm = matching.LeadIssued(lead=lead_pb2.Lead(lead_id="bench-warm", demand_id="bench-warm"))
         value = warm.SerializeToString()
         for start in range(0, len(names), 500):
