@@ -69,6 +69,11 @@ class InstitutionApi(ipb_grpc.InstitutionServiceServicer):
                                                            api_key(context))
         return ipb.RegisterInstitutionResponse(institution=mapping.institution_to_pb(i), created=created, api_key=key)
 
+    async def RotateApiKey(self, request: ipb.RotateApiKeyRequest, context: grpc.aio.ServicerContext
+                           ) -> ipb.RotateApiKeyResponse:
+        key = await self.institutions.rotate_key(request.institution_id.strip(), api_key(context))
+        return ipb.RotateApiKeyResponse(api_key=key)
+
     async def GetInstitution(self, request: ipb.GetInstitutionRequest, context: grpc.aio.ServicerContext
                              ) -> ipb.GetInstitutionResponse:
         i = await self.institutions.get(request.institution_id)

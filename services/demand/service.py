@@ -213,6 +213,17 @@ class Institutions:
             await outbox.append_many(conn, [self._changed(stored, False)], schema=self.schema, occurred_at=now)
             return stored, False, ""
 
+    async def rotate_key(self, institution_id: str, api_key: str) -> str:
+        """A new API key for ``institution_id`` in place of ``api_key`` (its current one, else
+        :class:`PermissionDenied`); the old key stops working at once. Returns the new key."""
+        require("institution_id", institution_id)
+        key = new_api_key()
+        if not api_key or not await store.replace_api_key(self.pool, institution_id, hash_api_key(api_key),
+                                                          hash_api_key(key)):
+            raise PermissionDenied(f"rotating the API key of institution {institution_id} needs its current key "
+                                   "in the metadata x-api-key")
+        return key
+
     async def authenticate(self, api_key: str) -> str:
         """The id of the institution holding ``api_key``, else :class:`PermissionDenied`."""
         if api_key:

@@ -140,6 +140,13 @@ async def institution_by_key(conn: Conn, key_hash: str) -> str | None:
     return await conn.fetchval("SELECT institution_id FROM institutions WHERE api_key_hash = $1", key_hash)
 
 
+async def replace_api_key(conn: Conn, institution_id: str, old_hash: str, new_hash: str) -> bool:
+    """Swap the key hash if ``old_hash`` is the current one (of two concurrent swaps, one wins)."""
+    status = await conn.execute("UPDATE institutions SET api_key_hash = $3 WHERE institution_id = $1"
+                                " AND api_key_hash = $2", institution_id, old_hash, new_hash)
+    return status == "UPDATE 1"
+
+
 async def lacks_api_key(conn: asyncpg.Connection, institution_id: str) -> bool:
     return await conn.fetchval("SELECT api_key_hash IS NULL FROM institutions WHERE institution_id = $1",
                                institution_id)

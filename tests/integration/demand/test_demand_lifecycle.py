@@ -149,6 +149,24 @@ async def register_bank(stubs: Stubs, name: str) -> tuple[str, str]:
     return institution_id, reply.api_key
 
 
+async def test_an_institution_rotates_its_key_and_the_old_one_stops_working(stubs: Stubs) -> None:
+    institution_id, key = await register_bank(stubs, "cmb")
+    _, other_key = await register_bank(stubs, "spdb")
+    rotate = inst.RotateApiKeyRequest(institution_id=institution_id)
+    for metadata in ((), (("x-api-key", other_key),), (("x-api-key", "fmk_forged"),)):
+        err = await rpc_error(stubs.institutions.RotateApiKey(rotate, metadata=metadata))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    err = await rpc_error(stubs.institutions.RotateApiKey(inst.RotateApiKeyRequest(), metadata=(("x-api-key", key),)))
+    assert set(field_violations(err)) == {"institution_id"}
+
+    new = (await stubs.institutions.RotateApiKey(rotate, metadata=(("x-api-key", key),))).api_key
+    assert new and new != key
+    await stubs.leads.ListLeads(ld.ListLeadsRequest(), metadata=(("x-api-key", new),))  # the new key works
+    for call in (stubs.leads.ListLeads(ld.ListLeadsRequest(), metadata=(("x-api-key", key),)),
+                 stubs.institutions.RotateApiKey(rotate, metadata=(("x-api-key", key),))):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.PERMISSION_DENIED  # the old one nowhere
+
+
 async def test_institutions_get_a_key_once_and_only_its_holder_changes_them(stubs: Stubs, bootstrap: str) -> None:
     institution_id, key = await register_bank(stubs, "cib")
     other_id, other_key = await register_bank(stubs, "ceb")
