@@ -285,12 +285,15 @@ async def warm_lead_topics(bootstrap: str, broker_pid: int | None, banks: list[s
         quiet.setLevel(logging.CRITICAL)
         try:
             await producer.client.set_topics(set(names))
+            deadline = time.monotonic() + 120
             while True:
                 await producer.client.force_metadata_update()
                 cluster = producer.client.cluster
                 leaders = [cluster.leader_for_partition(TopicPartition(n, 0)) for n in names]
                 if all(leader is not None and leader >= 0 for leader in leaders):
                     break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{sum(x is None or x < 0 for x in leaders)} lead topics have no leader")
                 await asyncio.sleep(0.5)
         finally:
             quiet.setLevel(level)

@@ -144,7 +144,7 @@ async def build(rt: Runtime) -> None:
     reverse = handlers.ReverseJoin(pool=rt.pool, view=catalog.view, schema=SCHEMA, standing=standing,
                                    open_demands=open_demands, metrics=rt.metrics)
     demands = handlers.DemandMatcher(pool=rt.pool, view=catalog.view, metrics=rt.metrics, schema=SCHEMA,
-                                     standing=standing, open_demands=open_demands, rejoin=reverse.join)
+                                     standing=standing, open_demands=open_demands, reverse=reverse)
     catalog.on_change = reverse.notify
     holder = OpenDemandHolder(rt, reverse, open_demands)
     outcomes = handlers.LeadOutcomes(pool=rt.pool, view=catalog.view, standing=standing, open_demands=open_demands,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -219,7 +219,8 @@ class DemandMatcher:
     leads, outbox: :func:`store.record_match_batch`).
 
     A product changed after a batch was planned and before its open demands are held has not met
-    them, nor has its reverse join (run on the demands held then): ``rejoin`` joins it with them."""
+    them, nor has its reverse join (run on the demands held then): it is joined with them once they
+    are held (or, if that fails, queued for the reverse join again, which retries until it passes)."""
 
     pool: asyncpg.Pool
     view: domain.CatalogView
@@ -227,7 +228,7 @@ class DemandMatcher:
     schema: str
     standing: Standing
     open_demands: OpenDemandsView
-    rejoin: Callable[[domain.Product, Sequence[domain.OpenDemand]], Awaitable[int]] | None = None
+    reverse: ReverseJoin
 
     async def __call__(self, batch: Sequence[codec.Envelope]) -> None:
         """Match ``DemandAccepted`` records read from the topic (each knows its partition); a demand
@@ -300,13 +301,13 @@ class DemandMatcher:
                 self.metrics.demands_unmatched.inc()
 
     async def _join_late_products(self, mark: int, held: Sequence[domain.OpenDemand]) -> None:
-        late = self.view.applied_since(mark) if held and self.rejoin is not None else []
-        for product in late:
+        for product in self.view.applied_since(mark) if held else ():
             try:
-                await self.rejoin(product, held)  # type: ignore[misc]
-            except Exception as err:  # noqa: BLE001 - the batch is stored; a missed join costs a lead, not data
-                logger.warning("late product not joined with a new batch", product_id=product.product_id,
+                await self.reverse.join(product, held)
+            except Exception as err:  # noqa: BLE001 - the batch is stored: joined later, with every held demand
+                logger.warning("late product queued for the reverse join again", product_id=product.product_id,
                                error=repr(err))
+                self.reverse.notify(product)
 
 
 # -- the reverse join: a new or changed product against the open demands -----------------------------------

@@ -181,6 +181,21 @@ def test_view_applies_only_newer_versions_and_keeps_its_checksum() -> None:
     assert fresh.checksum == view.checksum
 
 
+def test_the_view_names_the_products_changed_since_a_mark() -> None:
+    view = domain.CatalogView()
+    view.apply(product("a"))
+    mark = view.applied
+    assert view.applied_since(mark) == []
+    for p in (product("b", version=1), product("c", version=1), product("b", version=2)):
+        assert view.apply(p)
+    assert not view.apply(product("c", version=1))  # not newer: not a change
+    assert [(p.product_id, p.version) for p in view.applied_since(mark)] == [("b", 2), ("c", 1)]
+    many = view.applied
+    for n in range(domain.RECENT_CHANGES + 1):
+        view.apply(product(f"m{n}"))
+    assert len(view.applied_since(many)) == len(view)  # more than it remembers: every product
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("abcde"), st.integers(1, 4), st.booleans()), max_size=40))
 def test_the_views_active_count_is_always_its_number_of_active_products(changes: list) -> None:

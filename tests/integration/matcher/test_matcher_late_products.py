@@ -34,9 +34,9 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-def product(pid: str, institution: str, version: int = 1) -> domain.Product:
+def product(pid: str, institution: str) -> domain.Product:
     return mapping.product_from_proto(catalog.Product(
-        product_id=pid, institution_id=institution, name=f"Equipment loan {pid}", version=version,
+        product_id=pid, institution_id=institution, name=f"Equipment loan {pid}", version=1,
         product_type=catalog.PRODUCT_TYPE_LOAN, loan_category=fin.LOAN_CATEGORY_EQUIPMENT,
         amount_min_fen=10 * WAN, amount_max_fen=5_000 * WAN, term_min_months=6, term_max_months=60,
         rate_min_bps=350, rate_max_bps=440, status=catalog.PRODUCT_STATUS_ACTIVE))
@@ -50,20 +50,31 @@ def accepted(partition: int) -> codec.Envelope:
                           producer="test", message=demand_events.DemandAccepted(demand=demand), partition=partition)
 
 
-async def test_a_product_changed_while_a_batch_is_stored_reaches_its_demands(pool: asyncpg.Pool) -> None:
-    view = domain.CatalogView()
-    metrics = Metrics()
-    standing = handlers.Standing(pool)
-    held = OpenDemandsView()
-    held.load(0, [])
-    reverse = handlers.ReverseJoin(pool=pool, view=view, schema=app.SCHEMA, standing=standing,
-                                   open_demands=held, metrics=metrics)
-    matcher = handlers.DemandMatcher(pool=pool, view=view, metrics=metrics, schema=app.SCHEMA, standing=standing,
-                                     open_demands=held, rejoin=reverse.join)
-    envelope = accepted(partition=0)
-    demand_id = envelope.message.demand.demand_id
-    bank = f"late-{uuid.uuid4().hex[:6]}"
+class FlakyReverseJoin(handlers.ReverseJoin):
+    """The real reverse join, whose first ``failures`` calls fail as a lost database would."""
 
+    failures: int = 0
+
+    async def join(self, product: domain.Product, demands=None) -> int:  # noqa: ANN001
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database gone")
+        return await super().join(product, demands)
+
+
+async def store_while_a_product_changes(pool: asyncpg.Pool, reverse_failures: int = 0
+                                        ) -> tuple[handlers.ReverseJoin, str, domain.Product]:
+    """A demand planned against an empty catalog, a product applied (and its own join run) while
+    the demand's store waits on a lock another transaction holds, then the store let through.
+    Returns the reverse join, the demand id and the product."""
+    view, metrics, standing, held = domain.CatalogView(), Metrics(), handlers.Standing(pool), OpenDemandsView()
+    held.load(0, [])
+    reverse = FlakyReverseJoin(pool=pool, view=view, schema=app.SCHEMA, standing=standing, open_demands=held,
+                               metrics=metrics)
+    matcher = handlers.DemandMatcher(pool=pool, view=view, metrics=metrics, schema=app.SCHEMA, standing=standing,
+                                     open_demands=held, reverse=reverse)
+    envelope = accepted(partition=0)
+    bank = f"late-{uuid.uuid4().hex[:6]}"
     async with pool.acquire() as blocker, blocker.transaction():
         await blocker.execute("LOCK TABLE matches IN EXCLUSIVE MODE")  # the batch's store must wait
         handling = asyncio.create_task(matcher([envelope]))
@@ -72,28 +83,29 @@ async def test_a_product_changed_while_a_batch_is_stored_reaches_its_demands(poo
         late = product(f"{bank}-eq", bank)
         assert view.apply(late)
         assert await reverse.join(late) == 0  # the demand is not held yet: the product's own join misses it
+        reverse.failures = reverse_failures
     await asyncio.wait_for(handling, 30)
-
-    rows = await pool.fetch("SELECT lead_id, product_id FROM leads WHERE demand_id = $1", demand_id)
-    assert [(r["lead_id"], r["product_id"]) for r in rows] == [(ids.lead_id(demand_id, late.product_id),
-                                                                late.product_id)]
-    assert held.get(demand_id).active_leads == 1
-    # Handled again (a redelivery), the batch stores nothing and joins nothing twice.
+    # Handled again (a redelivery), the batch stores nothing and joins nothing again.
     await matcher([envelope])
-    assert await pool.fetchval("SELECT count(*) FROM leads WHERE demand_id = $1", demand_id) == 1
+    return reverse, envelope.message.demand.demand_id, late
 
 
-def test_the_view_names_the_products_changed_since_a_mark() -> None:
-    view = domain.CatalogView()
-    view.apply(product("a", "bank-a"))
-    mark = view.applied
-    assert view.applied_since(mark) == []
-    b1, b2, c = product("b", "bank-b"), product("b", "bank-b", version=2), product("c", "bank-c")
-    for p in (b1, c, b2):
-        assert view.apply(p)
-    assert not view.apply(product("c", "bank-c"))  # not newer: not a change
-    assert [(p.product_id, p.version) for p in view.applied_since(mark)] == [("b", 2), ("c", 1)]
-    many = view.applied
-    for n in range(domain.RECENT_CHANGES + 1):
-        view.apply(product(f"m{n}", "bank-m"))
-    assert len(view.applied_since(many)) == len(view)  # more than it remembers: every product
+async def leads_of(pool: asyncpg.Pool, demand_id: str) -> list[tuple[str, str]]:
+    rows = await pool.fetch("SELECT lead_id, product_id FROM leads WHERE demand_id = $1", demand_id)
+    return [(r["lead_id"], r["product_id"]) for r in rows]
+
+
+async def test_a_product_changed_while_a_batch_is_stored_reaches_its_demands(pool: asyncpg.Pool) -> None:
+    reverse, demand_id, late = await store_while_a_product_changes(pool)
+    assert await leads_of(pool, demand_id) == [(ids.lead_id(demand_id, late.product_id), late.product_id)]
+    assert reverse.open_demands.get(demand_id).active_leads == 1
+    assert reverse.queue.empty()
+
+
+async def test_a_late_join_that_fails_is_queued_for_the_reverse_join(pool: asyncpg.Pool) -> None:
+    reverse, demand_id, late = await store_while_a_product_changes(pool, reverse_failures=1)
+    assert await leads_of(pool, demand_id) == []  # the late join failed
+    queued = reverse.queue.get_nowait()
+    assert queued is late
+    assert await reverse.join(queued) == 1  # as the reverse join's own loop does, with every held demand
+    assert await leads_of(pool, demand_id) == [(ids.lead_id(demand_id, late.product_id), late.product_id)]
