@@ -7,8 +7,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from waiting import eventually
 
 from finmesh.demand.v1 import demand_pb2, events_pb2
 from meshkit import codec, db, inbox, outbox, topics
@@ -71,6 +73,47 @@ async def test_outbox_publishes_committed_events_only(database_url: str, bootstr
         assert headers[codec.PRODUCER] == b"test"
         assert codec.header(records[0].headers, codec.OCCURRED_AT)
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
+
+
+async def test_the_relay_reads_its_outbox_by_key_and_keeps_it_small(
+    database_url: str, bootstrap: str, tmp_path: Path
+) -> None:
+    """A busy outbox churns: rows inserted and deleted by the thousand between two autovacuum runs.
+    The relay must neither scan all of it on each pass (as the planner would, with statistics taken
+    while it was empty) nor let it grow with every row it has ever held."""
+    await db.migrate(database_url, "obxc", tmp_path)
+    spec = topics.DEMANDS_ACCEPTED
+    pool = await db.create_pool(database_url, schema="obxc")
+    await pool.execute("ALTER TABLE outbox SET (autovacuum_enabled = false)")  # the relay's vacuum alone
+    await pool.execute("ANALYZE outbox")  # empty: the statistics that invite a sequential scan
+
+    async def table_stats() -> asyncpg.Record:
+        return await pool.fetchrow("SELECT seq_scan, idx_scan, vacuum_count FROM pg_stat_user_tables"
+                                   " WHERE schemaname = 'obxc' AND relname = 'outbox'")
+    before = await table_stats()  # building the table's indexes read it: the migration's statistics
+    relay = outbox.OutboxRelay(database_url=database_url, schema="obxc", bootstrap=bootstrap,
+                               service="test", metrics=Metrics(), vacuum_every=1_000)
+    task = asyncio.create_task(relay.run())
+    marker = uuid.uuid4().hex
+    sizes = []
+    try:
+        for burst in range(1, 9):
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.append_many(conn, [(spec, accepted(f"{marker}-{burst}-{i}"), codec.new_event_id())
+                                                for i in range(1_000)], schema="obxc")
+            want = burst * 1_000
+            assert await eventually(lambda: asyncio.sleep(0, relay.published), lambda n, want=want: n >= want) >= want
+            sizes.append(await pool.fetchval("SELECT pg_relation_size('outbox')"))
+
+        # 8,000 rows have passed through; the table holds about what one burst needs.
+        assert max(sizes) <= 3 * sizes[0], sizes
+        stats = await eventually(table_stats, lambda r: r["idx_scan"] and r["vacuum_count"], timeout=30)
+        assert stats["vacuum_count"] >= 1 and stats["idx_scan"] > 0  # the relay's statistics have arrived
+        assert stats["seq_scan"] == before["seq_scan"]  # not one pass read the whole table
     finally:
         await relay.stop()
         await asyncio.wait_for(task, 10)
