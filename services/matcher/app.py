@@ -75,6 +75,22 @@ def bulk_load() -> Iterator[None]:
         gc.freeze()
 
 
+async def keep_collections_short(period: float = 1.0) -> None:
+    """Keep the cyclic garbage collector's full collections short: every ``period`` seconds, collect
+    the young generations and exempt their survivors (open demands held, mostly) from later ones.
+
+    The collector's full collection walks every object that is not exempt, and runs whenever a
+    quarter more objects have survived into the oldest generation: with tens of thousands of open
+    demands held, the matcher stopped for 130-380 ms every 2-3 s (measured). Exempted objects are
+    still freed by reference counting (what holds the matcher's data: it makes no cycles); only a
+    cycle that becomes garbage after its exemption is never collected.
+    """
+    while True:
+        await asyncio.sleep(period)
+        gc.collect(1)
+        gc.freeze()
+
+
 class OpenDemandHolder:
     """Holds in memory the open demands of the demand partitions assigned to this worker (after
     each rebalance) and joins against them the products changed while no worker held them.
@@ -168,6 +184,7 @@ async def build(rt: Runtime) -> None:
     rt.task(standing.follow)
     rt.task(reverse.run)
     rt.task(holder.run)
+    rt.task(keep_collections_short)
     rt.readiness(_verified(catalog))
     rt.on_stop(catalog.stop)
 
