@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from datetime import UTC, datetime
 
 import asyncpg
@@ -24,6 +25,7 @@ from services.demand import stats
 logger = log.get(__name__)
 
 REFRESH_SECONDS = 15.0
+REFRESH_SHARE = 0.01  # of the time, at most, spent recomputing the all-time figures
 _EARLIEST = Timestamp(seconds=-62135596800)  # 0001-01-01T00:00:00Z, the smallest valid Timestamp
 _LATEST = Timestamp(seconds=253402300799)  # 9999-12-31T23:59:59Z
 
@@ -125,9 +127,16 @@ def export(metrics: Metrics, f: stats.Figures) -> None:
         metrics.platform_yoy_growth.labels(label).set(math.nan if growth is None else growth)
 
 
-async def refresh_gauges(pool: asyncpg.Pool, metrics: Metrics, every: float = REFRESH_SECONDS) -> None:
-    """Recompute the all-time figures every ``every`` seconds and export them; survives failures."""
+def refresh_pause(took: float, every: float = REFRESH_SECONDS, share: float = REFRESH_SHARE) -> float:
+    """Seconds to wait before the next refresh, after one that ``took`` seconds: ``every``, or longer
+    once the figures (which read every demand and lead) take more than ``share`` of the time."""
+    return max(every, took / share)
+
+
+async def refresh_gauges(pool: asyncpg.Pool, metrics: Metrics) -> None:
+    """Recompute the all-time figures and export them (see :func:`refresh_pause`); survives failures."""
     while True:
+        began = time.monotonic()
         try:
             now = datetime.now(UTC)
             export(metrics, (await stats.load(pool, stats.Range(None, now), stats.Dimension.NONE, now=now)).totals)
@@ -135,7 +144,7 @@ async def refresh_gauges(pool: asyncpg.Pool, metrics: Metrics, every: float = RE
             raise
         except Exception as err:  # noqa: BLE001 - a database restart: try again next time
             logger.warning("platform statistics not refreshed", error=repr(err))
-        await asyncio.sleep(every)
+        await asyncio.sleep(refresh_pause(time.monotonic() - began))
 
 
 def register(rt: Runtime) -> None:

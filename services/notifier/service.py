@@ -6,7 +6,9 @@ servicers and the background tasks; time comes from an injectable :class:`Clock`
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
+import time
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -201,14 +203,18 @@ class Notifier:
             logger.info("contact deadline missed", lead_id=c.lead_id, institution_id=c.institution_id)
         return len(due)
 
-    async def run_clocks(self, interval_seconds: float = 1.0) -> None:
+    async def run_clocks(self, interval_seconds: float = 1.0, count_every_seconds: float = 15.0) -> None:
         """The background task: fire due clocks every ``interval_seconds`` (a notifier that was down
-        catches up at once), and keep the open-clocks gauge current."""
+        catches up at once), and count the running clocks for their gauge every ``count_every_seconds``
+        (a count reads every running clock: three days' leads)."""
+        counted = -math.inf
         while True:
             try:
                 while await self.tick_clocks() > 0:
                     pass
-                self.metrics.clocks_open.set(await store.running_clocks(self.pool))
+                if time.monotonic() - counted >= count_every_seconds:
+                    self.metrics.clocks_open.set(await store.running_clocks(self.pool))
+                    counted = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a database restart: try again next round

@@ -13,7 +13,7 @@ from finmesh.stats.v1 import stats_pb2 as spb
 from meshkit.errors import ValidationFailed
 from services.demand import stats
 from services.demand.stats import Aggregates, Dimension, Range
-from services.demand.stats_api import figures_to_pb, group_key, query_from_pb
+from services.demand.stats_api import figures_to_pb, group_key, query_from_pb, refresh_pause
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -118,3 +118,9 @@ def test_growth_is_unset_in_the_response_when_undefined() -> None:
     assert not m.HasField("demands_yoy_growth_bps") and not m.HasField("amount_requested_yoy_growth_bps")
     m = figures_to_pb(stats.figures(Aggregates(demands=0, amount_fen=0, demands_before=2, amount_fen_before=20)))
     assert m.demands_yoy_growth_bps == -10_000 and m.amount_requested_yoy_growth_bps == -10_000
+
+
+@pytest.mark.parametrize(("took", "pause"), [(0.02, 15.0), (0.15, 15.0), (0.5, 50.0), (3.0, 300.0)])
+def test_the_gauges_refresh_every_15_s_until_that_costs_more_than_1_percent(took: float, pause: float) -> None:
+    # the all-time figures read every demand and lead: as the tables grow, they are recomputed less often
+    assert refresh_pause(took) == pytest.approx(pause)
