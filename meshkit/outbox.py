@@ -168,7 +168,9 @@ class OutboxRelay:
             await self._learn_all(producer)
             published: list[int] = []
             while True:
+                deleted = len(published)  # the pass deletes them before it reads
                 published = await self._pass(conn, producer, published)
+                await self._vacuum_if_due(conn, deleted)
                 if not published:
                     if self._stopping.is_set():
                         return
@@ -198,6 +200,14 @@ class OutboxRelay:
         self._known_topics |= new_topics
         await asyncio.wait_for(producer.client.set_topics(self._known_topics), self.send_timeout)
 
+    async def _vacuum_if_due(self, conn: asyncpg.Connection, deleted: int) -> None:
+        """Vacuum the outbox once ``vacuum_every`` rows have been deleted since the last time, between
+        passes (so the events in hand are not held up by it): it frees their space for new inserts."""
+        self._deleted += deleted
+        if self._deleted >= self.vacuum_every:
+            await conn.execute("VACUUM outbox")
+            self._deleted = 0
+
     async def _pass(self, conn: asyncpg.Connection, producer: AIOKafkaProducer, published: list[int]) -> list[int]:
         """Delete the rows of the pass before (``published``, acknowledged by the broker) and read the
         next ones, in one round trip; publish those; returns their ids (none: the outbox was empty)."""
@@ -209,10 +219,6 @@ class OutboxRelay:
         )
         if len(rows) < self.batch_size:
             self.metrics.outbox_pending.labels(self.service).set(len(rows))
-        self._deleted += len(published)
-        if self._deleted >= self.vacuum_every:
-            await conn.execute("VACUUM outbox")  # frees the deleted rows' space for the next inserts
-            self._deleted = 0
         if not rows:
             return []
         new_topics = {r["topic"] for r in rows} - self._known_topics
