@@ -31,6 +31,16 @@ MAX_MESSAGE_BYTES = 1024 * 1024  # our own limit for any payload (1 MiB)
 # which dead-letters it with a reason instead of the producer silently failing.
 BROKER_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
+# How many bytes a partition's log grows between two entries of its offset and time indexes (the
+# broker's default is 4 KiB). The indexes are files the broker maps into memory, and on this
+# machine's ext4 the first write to each of their pages cost the broker a major page fault of
+# milliseconds, in a request handler thread: with thousands of lead topics, each receiving a lead
+# now and then, most leads' appends wrote a new index entry. Measured (3,000 one-partition topics,
+# 1.8 KB records at 5,000/s): 0.30 ms of broker CPU per record and about 4,000 major faults in 30 s
+# with the default, 0.045 ms and none with 1 MiB. A sparser index only means a fetch from an
+# arbitrary offset reads up to 1 MiB of the log to find its place.
+INDEX_INTERVAL_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -60,6 +70,7 @@ class TopicSpec:
         cfg = {
             "retention.ms": str(self.retention_ms),
             "max.message.bytes": str(BROKER_MAX_MESSAGE_BYTES),
+            "index.interval.bytes": str(INDEX_INTERVAL_BYTES),
         }
         if self.compacted:
             cfg["cleanup.policy"] = "compact"
