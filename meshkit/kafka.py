@@ -11,7 +11,11 @@ bounded by timeouts, and a watchdog restarts a consumer that stops making progre
 A consumer may also take a ``batch_handler``: it receives the usable records fetched so far
 at once (up to ``max_records``, per-partition order kept), so a service can apply them in one
 transaction. If a batch raises :class:`meshkit.codec.PoisonMessage`, its records are handled
-again one at a time, so that only the culprit is dead-lettered. Records are fetched while the
+again one at a time, so that only the culprit is dead-lettered. A batch handler may work in two
+stages: it returns the rest of its work (a :data:`Finish`, e.g. the transaction that stores what
+it computed), and the consumer runs that while it hands the next batch to the handler; each
+batch's rest starts after the one before it has ended, and its offsets are committed only after it.
+Records are fetched while the
 ones before them are handled (see :class:`_Prefetch`), so one that arrives during a batch is
 handed over with the next, not after another fetch. ``on_assigned`` hears each new assignment
 of partitions (before records of them are handed over). ``assigned`` is set once the consumer
@@ -36,7 +40,9 @@ from meshkit.topics import BROKER_MAX_MESSAGE_BYTES, TopicSpec
 logger = log.get(__name__)
 
 Handler = Callable[[codec.Envelope], Awaitable[None]]
-BatchHandler = Callable[[list[codec.Envelope]], Awaitable[None]]
+Finish = Callable[[], Awaitable[None]]
+# A batch handler returns None when it is done, or the rest of its work (see the module's notes).
+BatchHandler = Callable[[list[codec.Envelope]], Awaitable[Finish | None]]
 AssignmentListener = Callable[[set[TopicPartition]], None]
 
 
@@ -251,32 +257,80 @@ class EventConsumer:
 
     async def _handle_fetched(self, consumer: AIOKafkaConsumer, prefetch: _Prefetch, filling: asyncio.Task[None]
                               ) -> None:
-        while not self._stopping.is_set():
-            batch = await prefetch.take(self.max_records, 0.5, filling)
-            self._progress = time.monotonic()
-            if not batch:
-                continue
-            fetched_at = time.time()
-            age = self.metrics.record_age.labels(self.service, self.spec.name)
-            for records in batch.values():
-                for record in records:
-                    age.observe(max(0.0, fetched_at - record.timestamp / 1000))
-            offsets: dict[TopicPartition, int] = {}
-            if self.batch_handler is not None:
-                if not await self._process_batch(batch):
-                    return  # stopping: leave the batch uncommitted, it will be redelivered
-                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        finishing: asyncio.Task[bool] | None = None  # the rest of the batch before, then its commit
+        try:
+            while not self._stopping.is_set():
+                batch = await prefetch.take(self.max_records, 0.5, filling)
                 self._progress = time.monotonic()
-            else:
+                if not batch:
+                    continue
+                fetched_at = time.time()
+                age = self.metrics.record_age.labels(self.service, self.spec.name)
+                for records in batch.values():
+                    for record in records:
+                        age.observe(max(0.0, fetched_at - record.timestamp / 1000))
+                if self.batch_handler is not None:
+                    started = time.perf_counter()
+                    handled = await self._process_batch(batch, finishing)
+                    if handled is None:
+                        return  # stopping: leave the batch uncommitted, it will be redelivered
+                    if finishing is not None and not await finishing:
+                        return
+                    offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+                    finishing = asyncio.create_task(self._finish(consumer, *handled, offsets, started))
+                    self._progress = time.monotonic()
+                    continue
+                offsets: dict[TopicPartition, int] = {}
                 for tp, records in batch.items():
                     for record in records:
                         if not await self._process(record):
                             return  # stopping: leave the rest uncommitted, it will be redelivered
                         offsets[tp] = record.offset + 1
                         self._progress = time.monotonic()
-            if self._committing is not None:
-                await self._committing  # one commit in flight at a time, so they land in order
-            self._committing = asyncio.create_task(self._commit(consumer, offsets))
+                await self._commit_after(consumer, offsets)
+        finally:
+            if finishing is not None:
+                if self._stopping.is_set():
+                    await finishing  # the batch in hand is stored and committed (or given up: redelivered)
+                else:
+                    finishing.cancel()
+                    await asyncio.gather(finishing, return_exceptions=True)
+
+    async def _commit_after(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        if self._committing is not None:
+            await self._committing  # one commit in flight at a time, so they land in order
+        self._committing = asyncio.create_task(self._commit(consumer, offsets))
+
+    async def _finish(self, consumer: AIOKafkaConsumer, finish: Finish | None, handled: int,
+                      offsets: dict[TopicPartition, int], started: float) -> bool:
+        """Run a batch's rest until it passes (it must be idempotent), then commit its offsets;
+        False if stopping first."""
+        topic = self.spec.name
+        attempt = 0
+        while finish is not None:
+            try:
+                await finish()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - transient: retry, never skip
+                attempt += 1
+                self.metrics.message_retries.labels(self.service, topic).inc()
+                logger.warning("batch handler failed; retrying", topic=topic, records=handled, attempt=attempt,
+                               error=repr(err))
+                self._progress = time.monotonic()
+                await self._sleep(min(0.1 * 2**attempt, 5.0))
+                if self._stopping.is_set():
+                    return False
+        if handled:
+            self.metrics.messages_consumed.labels(self.service, topic, "processed").inc(handled)
+            each = (time.perf_counter() - started) / handled
+            duration = self.metrics.message_duration.labels(self.service, topic)
+            for _ in range(handled):
+                duration.observe(each)
+        self._progress = time.monotonic()
+        await self._commit_after(consumer, offsets)
+        return True
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (of records already handled) while the next batch is handled.
@@ -336,42 +390,40 @@ class EventConsumer:
             await self.handler(env)
         else:
             assert self.batch_handler is not None
-            await self.batch_handler([env])
+            finish = await self.batch_handler([env])
+            if finish is not None:
+                await finish()
 
-    async def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> bool:
-        """Handle a fetch at once (or record by record after a poison batch); False if stopping first."""
+    async def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]],
+                             finishing: asyncio.Task[bool] | None) -> tuple[Finish | None, int] | None:
+        """Hand a fetch to the batch handler (or its records one by one after a poison batch, once
+        the batch before has finished): the rest of its work and how many records it holds (0:
+        handled already); None if stopping first."""
         assert self.batch_handler is not None
         topic = self.spec.name
         usable: list[tuple[ConsumerRecord, codec.Envelope]] = []
+        poisoned: list[ConsumerRecord] = []
         for records in batch.values():
             for record in records:
                 try:
                     usable.append((record, codec.decode(self.spec, record.value, record.headers, record.partition)))
                 except codec.PoisonMessage:
-                    if not await self._process(record):  # dead-letters it (retrying if the broker fails)
-                        return False
+                    poisoned.append(record)
+        if poisoned and not await self._one_by_one(poisoned, finishing):  # dead-letters them
+            return None
         if not usable:
-            return True
-        start = time.perf_counter()
+            return None, 0
         attempt = 0
         while True:
             try:
                 try:
-                    await self.batch_handler([env for _, env in usable])
+                    return await self.batch_handler([env for _, env in usable]), len(usable)
                 except codec.PoisonMessage as poison:
                     logger.info("poison in a batch; handling its records one by one", topic=topic,
                                 records=len(usable), reason=str(poison))
-                    for record, _env in usable:
-                        if not await self._process(record):
-                            return False
-                        self._progress = time.monotonic()
-                    return True
-                self.metrics.messages_consumed.labels(self.service, topic, "processed").inc(len(usable))
-                each = (time.perf_counter() - start) / len(usable)
-                duration = self.metrics.message_duration.labels(self.service, topic)
-                for _ in usable:
-                    duration.observe(each)
-                return True
+                    if not await self._one_by_one([record for record, _ in usable], finishing):
+                        return None
+                    return None, 0
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - transient: retry the batch, never skip
@@ -382,7 +434,17 @@ class EventConsumer:
                 self._progress = time.monotonic()
                 await self._sleep(min(0.1 * 2**attempt, 5.0))
                 if self._stopping.is_set():
-                    return False
+                    return None
+
+    async def _one_by_one(self, records: list[ConsumerRecord], finishing: asyncio.Task[bool] | None) -> bool:
+        """Handle ``records`` one at a time, after the batch before has finished; False if stopping."""
+        if finishing is not None and not await finishing:
+            return False
+        for record in records:
+            if not await self._process(record):
+                return False
+            self._progress = time.monotonic()
+        return True
 
 
 class _Prefetch:

@@ -27,6 +27,7 @@ from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import docking_pb2
 from finmesh.matching.v1 import events_pb2 as matching_events
 from meshkit import codec, errors, ids, log, outbox, topics
+from meshkit.kafka import Finish
 from meshkit.metrics import Metrics
 from services.matcher import domain, mapping, store
 from services.matcher.view import OpenDemandsView
@@ -230,10 +231,13 @@ class DemandMatcher:
     open_demands: OpenDemandsView
     reverse: ReverseJoin
 
-    async def __call__(self, batch: Sequence[codec.Envelope]) -> None:
+    async def __call__(self, batch: Sequence[codec.Envelope]) -> Finish | None:
         """Match ``DemandAccepted`` records read from the topic (each knows its partition); a demand
         without an id is a :class:`codec.PoisonMessage` (dead-lettered with the reason). Events
-        handled before, and demands matched before under another event id, change nothing."""
+        handled before, and demands matched before under another event id, change nothing.
+
+        Returns the rest of the work, which the consumer runs while this plans the next batch: the
+        batch's transaction, then the demands it kept open held in memory."""
         now = codec.now()
         now_s = int(now.timestamp())
         mark = self.view.applied
@@ -250,7 +254,7 @@ class DemandMatcher:
                 self.view, d, subscriptions=self.standing.subscriptions,
                 responsiveness=self.standing.responsiveness, now=now_s))
         if not plans:
-            return
+            return None
         matches: list[store.MatchRow] = []
         open_rows: list[store.OpenDemandRow] = []
         new_leads: list[mapping.EncodedLead] = []
@@ -278,27 +282,31 @@ class DemandMatcher:
                 docking_mode=d.docking_mode, consent=d.consent_to_share, active_leads=len(leads),
                 tried=[lead.institution_id for lead in leads], valid_until=valid_until, matched_at=now,
             ))
-        fresh = await store.record_match_batch(  # deterministic ids: a replay stores nothing
-            self.pool, consumer=DEMANDS_CONSUMER, events={batch[n].event_id: k for k, (n, *_) in plans.items()},
-            matches=matches, open_rows=open_rows, leads=new_leads, outbox_events=events,
-            rules_version=domain.RULES_VERSION, now=now, contact_due_at=now + CONTACT_SLA, schema=self.schema)
-        held: list[domain.OpenDemand] = []
-        for row in open_rows:
-            if row.demand_id in fresh:
-                held.append(domain.OpenDemand(
-                    plans[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried),
-                    matched_at=now_s, valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
-                self.open_demands.put(row.part, held[-1])
-        await self._join_late_products(mark, held)
-        todo = {k: v for k, v in plans.items() if k in fresh}
-        wall = time.time()
-        for n, _, _, p in todo.values():
-            self.metrics.demand_to_lead.observe(max(0.0, wall - batch[n].occurred_at.timestamp()))
-            if p.result.picks:
-                for origin in p.origins:
-                    self.metrics.leads_issued.labels(origin.lower()).inc()
-            else:
-                self.metrics.demands_unmatched.inc()
+
+        async def finish() -> None:
+            fresh = await store.record_match_batch(  # deterministic ids: a replay stores nothing
+                self.pool, consumer=DEMANDS_CONSUMER, events={batch[n].event_id: k for k, (n, *_) in plans.items()},
+                matches=matches, open_rows=open_rows, leads=new_leads, outbox_events=events,
+                rules_version=domain.RULES_VERSION, now=now, contact_due_at=now + CONTACT_SLA, schema=self.schema)
+            held: list[domain.OpenDemand] = []
+            for row in open_rows:
+                if row.demand_id in fresh:
+                    held.append(domain.OpenDemand(
+                        plans[row.demand_id][2], active_leads=row.active_leads, tried=frozenset(row.tried),
+                        matched_at=now_s, valid_until=int(row.valid_until.timestamp()) if row.valid_until else 0))
+                    self.open_demands.put(row.part, held[-1])
+            await self._join_late_products(mark, held)
+            todo = {k: v for k, v in plans.items() if k in fresh}
+            wall = time.time()
+            for n, _, _, p in todo.values():
+                self.metrics.demand_to_lead.observe(max(0.0, wall - batch[n].occurred_at.timestamp()))
+                if p.result.picks:
+                    for origin in p.origins:
+                        self.metrics.leads_issued.labels(origin.lower()).inc()
+                else:
+                    self.metrics.demands_unmatched.inc()
+
+        return finish
 
     async def _join_late_products(self, mark: int, held: Sequence[domain.OpenDemand]) -> None:
         for product in self.view.applied_since(mark) if held else ():

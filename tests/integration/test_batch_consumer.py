@@ -1,7 +1,7 @@
 """The event consumer's batch mode on the real broker and database: each partition's order is kept,
 a poison record in a batch is dead-lettered alone, a failing batch is retried, nothing is skipped
 and nothing is handled twice; the consumer reports its assignment and each record's partition, and
-it fetches while it handles."""
+it fetches while it handles; a two-stage handler's rest runs while the next batch is prepared."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from finmesh.demand.v1 import events_pb2
 from meshkit import codec, db, inbox, topics
-from meshkit.kafka import EventConsumer, make_producer
+from meshkit.kafka import EventConsumer, Finish, make_producer
 from meshkit.metrics import Metrics
 
 pytestmark = pytest.mark.integration
@@ -193,3 +193,88 @@ async def test_records_that_arrive_during_a_batch_come_together_in_the_next(boot
         await consumer.stop()
         await asyncio.wait_for(task, 15)
         await producer.stop()
+
+
+async def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp) or 0
+    finally:
+        await consumer.stop()
+
+
+async def test_a_two_stage_batch_handler_prepares_the_next_batch_while_the_rest_of_one_runs(bootstrap: str) -> None:
+    """A batch handler that returns the rest of its work (the matcher's transaction): the consumer
+    hands it the next batch meanwhile; the rests run one at a time, in order, a failing one is
+    retried; a batch's offsets are committed only once its rest has passed; nothing is skipped and
+    nothing is stored twice."""
+    spec = topics.PORTAL_DEMANDS
+    marker = uuid.uuid4().hex
+    group = f"g-{marker}"
+    producer = make_producer(bootstrap, "test", linger_ms=5)
+    await producer.start()
+    offset_of: dict[str, int] = {}
+    for n in range(50):
+        name = f"{marker}-{n}"
+        meta = await (await producer.send(spec.name, value=events_pb2.PortalDemandSubmitted(
+            portal_demand_id=name).SerializeToString(), key=marker.encode(),  # one partition
+            headers=codec.make_headers(spec.event_type, "portal")))
+        offset_of[name] = meta.offset
+        tp = TopicPartition(spec.name, meta.partition)
+    log: list[tuple[str, int]] = []  # (stage, batch number) as they happen
+    batches: list[list[str]] = []
+    stored: list[str] = []
+    running = Counter[str]()
+    second_blocked, release = asyncio.Event(), asyncio.Event()
+
+    async def batch_handler(envs: list[codec.Envelope]) -> Finish | None:
+        mine = [e.message.portal_demand_id for e in envs  # type: ignore[attr-defined]
+                if e.message.portal_demand_id.startswith(marker)]  # type: ignore[attr-defined]
+        if not mine:
+            return None
+        k = len(batches)
+        batches.append(mine)
+        log.append(("prepared", k))
+
+        async def finish() -> None:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+            try:
+                if k == 0 and ("failed", 0) not in log:
+                    log.append(("failed", 0))
+                    raise ConnectionError("database restarting")  # retried: the rest only
+                if k == 1:
+                    second_blocked.set()
+                    await release.wait()
+                await asyncio.sleep(0.05)
+                stored.extend(mine)
+                log.append(("finished", k))
+            finally:
+                running["now"] -= 1
+        return finish
+
+    consumer = EventConsumer(spec=spec, group_id=group, bootstrap=bootstrap, batch_handler=batch_handler,
+                             handler=None, producer=producer, metrics=Metrics(), service="test", max_records=10)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(second_blocked.wait(), 60)
+        await asyncio.sleep(1.5)
+        assert ("prepared", 2) in log and ("finished", 1) not in log  # the next batch came meanwhile
+        committed = await committed_offset(bootstrap, group, tp)
+        assert max(offset_of[n] for n in batches[0]) < committed <= min(offset_of[n] for n in batches[1])
+        release.set()
+        for _ in range(300):
+            if len(stored) >= len(offset_of):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        assert sorted(stored) == sorted(offset_of)  # nothing skipped, nothing twice
+        assert stored == sorted(stored, key=offset_of.__getitem__)  # in order
+        assert running["most"] == 1  # one rest at a time
+        assert log.index(("failed", 0)) < log.index(("finished", 0))
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()
+    assert await committed_offset(bootstrap, group, tp) > max(offset_of.values())
