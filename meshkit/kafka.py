@@ -45,7 +45,8 @@ logger = log.get(__name__)
 
 Handler = Callable[[codec.Envelope], Awaitable[None]]
 Finish = Callable[[], Awaitable[None]]
-# A batch handler returns None when it is done, or the rest of its work (see the module's notes).
+# A batch handler returns None when it is done, or the rest of its work (see the module's notes):
+# that must be idempotent (it is retried until it passes) and find no poison (that is the first stage's).
 BatchHandler = Callable[[list[codec.Envelope]], Awaitable[Finish | None]]
 AssignmentListener = Callable[[set[TopicPartition]], None]
 
@@ -366,11 +367,15 @@ class EventConsumer:
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (of records already handled) while the next batch is handled.
 
-        A commit refused because the group moved the partitions on is not an error: their new
-        owner reads the records again, and handlers are idempotent. Any other failure ends the
-        session when the next commit awaits this one, and the consumer restarts from the last
-        committed offsets.
+        Offsets of partitions no longer assigned are left out (their new owner reads those records
+        again, and handlers are idempotent), and so is a commit refused because the group moved
+        partitions on. Any other failure ends the session when the next commit awaits this one,
+        and the consumer restarts from the last committed offsets.
         """
+        assigned = consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not offsets:
+            return
         try:
             await asyncio.wait_for(consumer.commit(offsets), 15)
         except (CommitFailedError, IllegalStateError) as err:

@@ -2,8 +2,8 @@
 
 The matcher consumes ``DEMANDS_ACCEPTED`` in the consumer group ``finmesh-matcher`` (workers share
 its partitions) with a batching consumer: each batch, up to ``match_batch_size`` demands fetched while
-the batch before was handled, is matched and stored in one transaction (one round trip), and its
-offsets are committed only after that. Beside it, the matcher loads the
+the batch before was handled, is matched and stored in one transaction (one round trip, run while
+the next batch is planned), and its offsets are committed only after that. Beside it, the matcher loads the
 in-memory catalog view and keeps it current, holds the open demands of its assigned partitions (the
 reverse join matches every new or changed product against them), consumes ``PRODUCTS_PUBLISHED``,
 the demand service's lead and demand status changes and the notifier's missed contact clocks
