@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,6 +43,7 @@ from meshkit.metrics import Metrics
 from meshkit.topics import BROKER_MAX_MESSAGE_BYTES, TopicSpec
 
 logger = log.get(__name__)
+T = TypeVar("T")
 
 Handler = Callable[[codec.Envelope], Awaitable[None]]
 Finish = Callable[[], Awaitable[None]]
@@ -303,7 +305,7 @@ class EventConsumer:
                             return  # stopping: leave the rest uncommitted, it will be redelivered
                         offsets[tp] = record.offset + 1
                         self._progress = time.monotonic()
-                await self._commit_after(consumer, offsets)
+                self._commit_after(consumer, offsets)
         finally:
             if finishing is not None:
                 if self._stopping.is_set():
@@ -312,7 +314,8 @@ class EventConsumer:
                     finishing.cancel()
                     await asyncio.gather(finishing, return_exceptions=True)
 
-    async def _commit_after(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    def _commit_after(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Add ``offsets`` (handled) to the next commit, and have one scheduled."""
         self._to_commit.update(offsets)
         if self._committing is not None and self._committing.done():
             committing, self._committing = self._committing, None
@@ -338,22 +341,9 @@ class EventConsumer:
         """Run a batch's rest until it passes (it must be idempotent), then commit its offsets;
         False if stopping first."""
         topic = self.spec.name
-        attempt = 0
-        while finish is not None:
-            try:
-                await finish()
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - transient: retry, never skip
-                attempt += 1
-                self.metrics.message_retries.labels(self.service, topic).inc()
-                logger.warning("batch handler failed; retrying", topic=topic, records=handled, attempt=attempt,
-                               error=repr(err))
-                self._progress = time.monotonic()
-                await self._sleep(min(0.1 * 2**attempt, 5.0))
-                if self._stopping.is_set():
-                    return False
+        if finish is not None and not (await self._until_passes(finish, "batch handler failed; retrying",
+                                                                records=handled))[0]:
+            return False
         if handled:
             self.metrics.messages_consumed.labels(self.service, topic, "processed").inc(handled)
             each = (time.perf_counter() - started) / handled
@@ -361,7 +351,7 @@ class EventConsumer:
             for _ in range(handled):
                 duration.observe(each)
         self._progress = time.monotonic()
-        await self._commit_after(consumer, offsets)
+        self._commit_after(consumer, offsets)
         return True
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -398,35 +388,43 @@ class EventConsumer:
             self._flush.clear()
             self._to_commit.clear()  # the next session starts from what the group has committed
 
-    async def _process(self, record: ConsumerRecord) -> bool:
-        """Handle one record until it is handled or dead-lettered; False if stopping first."""
-        start = time.perf_counter()
-        topic = self.spec.name
+    async def _until_passes(self, step: Callable[[], Awaitable[T]], failure: str, **context: object
+                            ) -> tuple[bool, T | None]:
+        """Run ``step`` until it raises nothing (a failure may pass: a database or broker restart),
+        retrying with back-off, never skipping; ``(False, None)`` if the consumer stops first."""
         attempt = 0
         while True:
             try:
-                try:
-                    env = codec.decode(self.spec, record.value, record.headers, record.partition)
-                    await self._handle_one(env)
-                    outcome = "processed"
-                except codec.PoisonMessage as poison:
-                    await dead_letter(self.producer, self.spec, record, str(poison), self.group_id)
-                    logger.warning("dead-lettered", topic=topic, offset=record.offset, reason=str(poison))
-                    outcome = "dead_lettered"
-                self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
-                self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
-                return True
+                return True, await step()
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - transient: retry, never skip
                 attempt += 1
-                self.metrics.message_retries.labels(self.service, topic).inc()
-                logger.warning("handler failed; retrying", topic=topic, offset=record.offset, attempt=attempt,
-                               error=repr(err))
+                self.metrics.message_retries.labels(self.service, self.spec.name).inc()
+                logger.warning(failure, topic=self.spec.name, attempt=attempt, error=repr(err), **context)
                 self._progress = time.monotonic()
                 await self._sleep(min(0.1 * 2**attempt, 5.0))
                 if self._stopping.is_set():
-                    return False
+                    return False, None
+
+    async def _process(self, record: ConsumerRecord) -> bool:
+        """Handle one record until it is handled or dead-lettered; False if stopping first."""
+        start = time.perf_counter()
+        topic = self.spec.name
+
+        async def once() -> None:
+            try:
+                env = codec.decode(self.spec, record.value, record.headers, record.partition)
+                await self._handle_one(env)
+                outcome = "processed"
+            except codec.PoisonMessage as poison:
+                await dead_letter(self.producer, self.spec, record, str(poison), self.group_id)
+                logger.warning("dead-lettered", topic=topic, offset=record.offset, reason=str(poison))
+                outcome = "dead_lettered"
+            self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
+            self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
+
+        return (await self._until_passes(once, "handler failed; retrying", offset=record.offset))[0]
 
     async def _handle_one(self, env: codec.Envelope) -> None:
         if self.handler is not None:
@@ -456,28 +454,19 @@ class EventConsumer:
             return None
         if not usable:
             return None, 0
-        attempt = 0
-        while True:
+        batch_handler = self.batch_handler
+
+        async def hand_over() -> tuple[Finish | None, int] | None:
             try:
-                try:
-                    return await self.batch_handler([env for _, env in usable]), len(usable)
-                except codec.PoisonMessage as poison:
-                    logger.info("poison in a batch; handling its records one by one", topic=topic,
-                                records=len(usable), reason=str(poison))
-                    if not await self._one_by_one([record for record, _ in usable], finishing):
-                        return None
-                    return None, 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - transient: retry the batch, never skip
-                attempt += 1
-                self.metrics.message_retries.labels(self.service, topic).inc()
-                logger.warning("batch handler failed; retrying", topic=topic, records=len(usable), attempt=attempt,
-                               error=repr(err))
-                self._progress = time.monotonic()
-                await self._sleep(min(0.1 * 2**attempt, 5.0))
-                if self._stopping.is_set():
+                return await batch_handler([env for _, env in usable]), len(usable)
+            except codec.PoisonMessage as poison:
+                logger.info("poison in a batch; handling its records one by one", topic=topic,
+                            records=len(usable), reason=str(poison))
+                if not await self._one_by_one([record for record, _ in usable], finishing):
                     return None
+                return None, 0
+
+        return (await self._until_passes(hand_over, "batch handler failed; retrying", records=len(usable)))[1]
 
     async def _one_by_one(self, records: list[ConsumerRecord], finishing: asyncio.Task[bool] | None) -> bool:
         """Handle ``records`` one at a time, after the batch before has finished; False if stopping."""
