@@ -169,6 +169,7 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self.commit_every = commit_every
         self._committing: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()  # one commit at a time: a later one never lands before an earlier
         self._to_commit: dict[TopicPartition, int] = {}  # handled, not committed yet
         self._last_commit = 0.0
         self._flush = asyncio.Event()  # commit what is handled now (the session ends)
@@ -357,19 +358,22 @@ class EventConsumer:
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (of records already handled) while the next batch is handled.
 
-        Offsets of partitions no longer assigned are left out (their new owner reads those records
-        again, and handlers are idempotent), and so is a commit refused because the group moved
-        partitions on. Any other failure ends the session when the next commit awaits this one,
+        Commits run one at a time, so offsets taken later never land before offsets taken earlier
+        (the periodic commit and a revoked partition's could otherwise race, moving the partition's
+        committed offset back). Offsets of partitions no longer assigned are left out (their new
+        owner reads those records again, and handlers are idempotent), and so is a commit refused
+        because the group moved partitions on. Any other failure ends the session when the next commit awaits this one,
         and the consumer restarts from the last committed offsets.
         """
-        assigned = consumer.assignment()
-        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
-        if not offsets:
-            return
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), 15)
-        except (CommitFailedError, IllegalStateError) as err:
-            logger.info("offsets not committed: the group rebalanced", topic=self.spec.name, error=repr(err))
+        async with self._commit_lock:  # the periodic commit and a revoked partitions' one, in order
+            assigned = consumer.assignment()
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+            if not offsets:
+                return
+            try:
+                await asyncio.wait_for(consumer.commit(offsets), 15)
+            except (CommitFailedError, IllegalStateError) as err:
+                logger.info("offsets not committed: the group rebalanced", topic=self.spec.name, error=repr(err))
 
     async def _commit_settled(self) -> None:
         """Commit what is handled before the consumer closes (a lost commit only re-delivers)."""
