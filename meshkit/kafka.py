@@ -36,7 +36,8 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError, for_code
 
 from meshkit import codec, log
 from meshkit.metrics import Metrics
@@ -76,6 +77,41 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: flo
         return created
     finally:
         await admin.close()
+
+
+async def align_topic_configs(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Give each existing topic of ``specs`` exactly its declared configs (:meth:`TopicSpec.configs`)
+    where they differ: a topic created by an older release keeps the configs it was created with
+    otherwise. Returns the names of the topics altered; topics that do not exist are left out."""
+    declared = {s.name: s.configs() for s in specs}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        names = sorted(set(declared) & set(await admin.list_topics()))
+        if not names:
+            return []
+        described = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, dict.fromkeys(declared[n])) for n in names])
+        differing = []
+        for response in described:
+            for error_code, error_message, _, name, entries, *_ in response.resources:
+                _raise_for(error_code, error_message, name)
+                if {e[0]: e[1] for e in entries} != declared[name]:
+                    differing.append(name)
+        if differing:  # AlterConfigs sets a topic's whole set of configs: the declared ones, all of them
+            altered = await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n, declared[n]) for n in differing])
+            for response in altered:
+                for error_code, error_message, _, name, *_ in response.resources:
+                    _raise_for(error_code, error_message, name)
+        return differing
+    finally:
+        await admin.close()
+
+
+def _raise_for(error_code: int, message: str | None, topic: str) -> None:
+    if error_code:
+        raise for_code(error_code)(f"topic {topic}: {message or 'error'}")
 
 
 async def list_topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
