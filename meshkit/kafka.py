@@ -41,7 +41,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyEx
 
 from meshkit import codec, log
 from meshkit.metrics import Metrics
-from meshkit.topics import BROKER_MAX_MESSAGE_BYTES, TopicSpec
+from meshkit.topics import BROKER_MAX_MESSAGE_BYTES, TopicSpec, replication_factor
 
 logger = log.get(__name__)
 T = TypeVar("T")
@@ -57,7 +57,8 @@ AssignmentListener = Callable[[set[TopicPartition]], None]
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
                         existing: set[str] | None = None) -> list[str]:
     """Create the topics of ``specs`` and their dead-letter topics that do not exist yet, with their
-    partitions and configs (``existing``: the topics known to exist, to skip listing the cluster's)."""
+    partitions, configs and :func:`~meshkit.topics.replication_factor` for the cluster's size
+    (``existing``: the topics known to exist, to skip listing the cluster's)."""
     specs = list(specs)
     specs += [s.dead_letter for s in specs if s.dead_letter is not None and s.dead_letter not in specs]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
@@ -65,11 +66,14 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: flo
     try:
         existing = existing if existing is not None else set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        replicas = replication_factor(len((await admin.describe_cluster())["brokers"]))
         created = []
         for spec in missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.configs())]
+                    [NewTopic(spec.name, spec.partitions, replicas, topic_configs=spec.configs())]
                 )
                 created.append(spec.name)
             except TopicAlreadyExistsError:

@@ -42,6 +42,16 @@ BROKER_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 INDEX_INTERVAL_BYTES = 1024 * 1024
 
 
+MAX_REPLICAS = 3  # copies of each partition on a cluster of three brokers or more
+
+
+def replication_factor(brokers: int) -> int:
+    """Copies of each partition a topic gets on a cluster of ``brokers``: every broker up to
+    ``MAX_REPLICAS`` (one on the embedded single node; with ``acks=all`` and the brokers'
+    ``min.insync.replicas=2``, a three-broker cluster loses no acknowledged record to one failure)."""
+    return max(1, min(MAX_REPLICAS, brokers))
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """One topic: its name, payload, key, who writes it, who reads it, and its shape."""

@@ -167,3 +167,8 @@ def test_lead_topics_share_one_metric_label_and_other_topics_keep_their_name() -
     assert topics.metric_topic(topics.lead_topic("bank-0001").name) == topics.LEADS.name
     assert topics.metric_topic(topics.lead_topic("fund-x").name) == topics.LEADS.name
     assert topics.metric_topic(topics.DEMANDS_MATCHED.name) == topics.DEMANDS_MATCHED.name
+
+
+@pytest.mark.parametrize(("brokers", "replicas"), [(1, 1), (2, 2), (3, 3), (5, 3)])
+def test_topics_get_a_copy_on_each_broker_up_to_three(brokers: int, replicas: int) -> None:
+    assert topics.replication_factor(brokers) == replicas
