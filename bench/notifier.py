@@ -32,12 +32,12 @@ from deploy.embedded.kafka import KafkaBroker
 from deploy.embedded.postgres import EmbeddedPostgres
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import codec, ids, topics
+from meshkit import apikeys, codec, ids, topics
 from meshkit.kafka import ensure_topics, make_producer
 from meshkit.lifecycle import Runtime
 from meshkit.settings import ServiceSettings
 from services.notifier import app
-from services.notifier.service import Notifier
+from services.notifier.service import Caller, Notifier
 
 INSTITUTION = "bench-bank"
 
@@ -116,8 +116,10 @@ async def measure(console: Console, *, burst: int = 5000, rate: float = 50.0, se
         producer = make_producer(broker.bootstrap_servers, "bench-matcher")
         await producer.start()
         try:
-            await Notifier(rt.pool, rt.metrics, codec.now, schema=app.SCHEMA).register_webhook(
-                INSTITUTION, f"http://127.0.0.1:{port}/hook", "")
+            notifier = Notifier(rt.pool, rt.metrics, codec.now, schema=app.SCHEMA)
+            key = apikeys.new()
+            await notifier.on_institution(INSTITUTION, 0, 1, apikeys.digest(key))  # as its registration would
+            await notifier.register_webhook(INSTITUTION, f"http://127.0.0.1:{port}/hook", Caller(api_key=key))
 
             async def stored() -> int:
                 return await conn.fetchval("SELECT count(*) FROM notifier.notifications")

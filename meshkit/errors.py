@@ -40,6 +40,10 @@ class PermissionDenied(DomainError):
     """gRPC PERMISSION_DENIED."""
 
 
+class Unavailable(DomainError):
+    """gRPC UNAVAILABLE: not possible yet, worth retrying (e.g. an event not arrived yet)."""
+
+
 class Violations:
     """Collects field violations so that every wrong field is reported at once."""
 

@@ -12,20 +12,11 @@ from finmesh.institution.v1 import institution_pb2 as ipb
 from finmesh.institution.v1 import institution_pb2_grpc as ipb_grpc
 from finmesh.lead.v1 import lead_pb2 as lpb
 from finmesh.lead.v1 import lead_pb2_grpc as lpb_grpc
+from meshkit import apikeys
 from meshkit.paging import Page
 from services.demand import domain as d
 from services.demand import mapping, store
 from services.demand.service import Demands, Enterprises, Institutions, Intake
-
-API_KEY_HEADER = "x-api-key"
-
-
-def api_key(context: grpc.aio.ServicerContext) -> str:
-    """The caller's institution API key from the metadata (empty if none)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == API_KEY_HEADER:
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return ""
 
 
 class EnterpriseApi(epb_grpc.EnterpriseServiceServicer):
@@ -66,12 +57,12 @@ class InstitutionApi(ipb_grpc.InstitutionServiceServicer):
     async def RegisterInstitution(self, request: ipb.RegisterInstitutionRequest, context: grpc.aio.ServicerContext
                                   ) -> ipb.RegisterInstitutionResponse:
         i, created, key = await self.institutions.register(mapping.institution_from_pb(request.institution),
-                                                           api_key(context))
+                                                           apikeys.from_context(context))
         return ipb.RegisterInstitutionResponse(institution=mapping.institution_to_pb(i), created=created, api_key=key)
 
     async def RotateApiKey(self, request: ipb.RotateApiKeyRequest, context: grpc.aio.ServicerContext
                            ) -> ipb.RotateApiKeyResponse:
-        key = await self.institutions.rotate_key(request.institution_id.strip(), api_key(context))
+        key = await self.institutions.rotate_key(request.institution_id.strip(), apikeys.from_context(context))
         return ipb.RotateApiKeyResponse(api_key=key)
 
     async def GetInstitution(self, request: ipb.GetInstitutionRequest, context: grpc.aio.ServicerContext
@@ -149,14 +140,14 @@ class LeadApi(lpb_grpc.LeadServiceServicer):
 
     async def ReportLeadOutcome(self, request: lpb.ReportLeadOutcomeRequest, context: grpc.aio.ServicerContext
                                 ) -> lpb.ReportLeadOutcomeResponse:
-        institution_id = await self.institutions.authenticate(api_key(context))
+        institution_id = await self.institutions.authenticate(apikeys.from_context(context))
         lead, changed = await self.demands.report_outcome(institution_id, request.lead_id,
                                                           mapping.outcome_from_pb(request.outcome))
         return lpb.ReportLeadOutcomeResponse(lead=mapping.lead_to_pb(lead), changed=changed)
 
     async def ListLeads(self, request: lpb.ListLeadsRequest, context: grpc.aio.ServicerContext
                         ) -> lpb.ListLeadsResponse:
-        institution_id = await self.institutions.authenticate(api_key(context))
+        institution_id = await self.institutions.authenticate(apikeys.from_context(context))
         page = Page.of(request.page_size, request.page_token)
         found = await self.demands.list_leads(institution_id, int(request.status), request.demand_id,
                                               page.size + 1, page.offset)

@@ -66,8 +66,8 @@ def institution_to_pb(i: d.Institution) -> ipb.Institution:
     return m
 
 
-def institution_changed(i: d.Institution, created: bool) -> ievents.InstitutionChanged:
-    return ievents.InstitutionChanged(institution=institution_to_pb(i), created=created)
+def institution_changed(i: d.Institution, created: bool, key_digest: str) -> ievents.InstitutionChanged:
+    return ievents.InstitutionChanged(institution=institution_to_pb(i), created=created, api_key_sha256=key_digest)
 
 
 # -- demands ----------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ leaves half a change behind. Time comes from an injectable clock.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +20,7 @@ from google.protobuf.message import Message
 
 from finmesh.demand.v1 import events_pb2 as events
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import codec, ids, inbox, log, outbox, topics
+from meshkit import apikeys, codec, ids, inbox, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import (
     AlreadyExists,
@@ -157,18 +155,6 @@ class Enterprises:
 
 # -- institutions -----------------------------------------------------------------------------------------
 
-API_KEY_PREFIX = "fmk_"
-
-
-def hash_api_key(key: str) -> str:
-    """What is stored of an API key: its SHA-256 (keys are 256 random bits, so no salt is needed)."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_api_key() -> str:
-    return API_KEY_PREFIX + secrets.token_urlsafe(32)
-
-
 class Institutions:
     def __init__(self, pool: asyncpg.Pool, bootstrap: str, ref: d.Reference, *, schema: str,
                  clock: Clock = codec.now) -> None:
@@ -178,9 +164,12 @@ class Institutions:
         self.schema = schema
         self.clock = clock
 
-    def _changed(self, i: d.Institution, created: bool) -> Event:
-        return (topics.INSTITUTIONS_CHANGED, mapping.institution_changed(i, created),
-                ids.event_id("institution-changed", i.institution_id, str(i.version)))
+    async def _announce(self, conn: asyncpg.Connection, i: d.Institution, key_digest: str, *, created: bool,
+                        now: datetime) -> None:
+        """``InstitutionChanged`` for version ``i.version``, with the digest of its current API key."""
+        event = (topics.INSTITUTIONS_CHANGED, mapping.institution_changed(i, created, key_digest),
+                 ids.event_id("institution-changed", i.institution_id, str(i.version)))
+        await outbox.append_many(conn, [event], schema=self.schema, occurred_at=now)
 
     async def register(self, i: d.Institution, api_key: str = "") -> tuple[d.Institution, bool, str]:
         """Register ``i`` and create its lead topic before answering; returns the institution, whether
@@ -194,43 +183,48 @@ class Institutions:
         await ensure_topics(self.bootstrap, [spec])  # a bank system can subscribe as soon as we answer
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
-            key = new_api_key()
-            stored = await store.insert_institution(conn, i, hash_api_key(key), now)
+            key = apikeys.new()
+            stored = await store.insert_institution(conn, i, apikeys.digest(key), now)
             if stored is not None:
-                await outbox.append_many(conn, [self._changed(stored, True)], schema=self.schema, occurred_at=now)
+                await self._announce(conn, stored, apikeys.digest(key), created=True, now=now)
                 return stored, True, key
             existing = await store.get_institution(conn, i.institution_id, for_update=True)
             assert existing is not None
             if existing.same_content(i):
                 if await store.lacks_api_key(conn, i.institution_id):  # registered before keys existed
-                    await store.set_api_key(conn, i.institution_id, hash_api_key(key))
-                    return existing, False, key
+                    keyed = await store.set_api_key(conn, i.institution_id, apikeys.digest(key), now)
+                    await self._announce(conn, keyed, apikeys.digest(key), created=False, now=now)
+                    return keyed, False, key
                 return existing, False, ""
-            if not api_key or await store.institution_by_key(conn, hash_api_key(api_key)) != i.institution_id:
+            if not api_key or await store.institution_by_key(conn, apikeys.digest(api_key)) != i.institution_id:
                 raise PermissionDenied(f"institution {i.institution_id} is registered; changing it needs its "
-                                       "API key in the metadata x-api-key")
+                                       f"API key in the metadata {apikeys.HEADER}")
             stored = await store.update_institution(conn, i, now)
-            await outbox.append_many(conn, [self._changed(stored, False)], schema=self.schema, occurred_at=now)
+            await self._announce(conn, stored, apikeys.digest(api_key), created=False, now=now)
             return stored, False, ""
 
     async def rotate_key(self, institution_id: str, api_key: str) -> str:
         """A new API key for ``institution_id`` in place of ``api_key`` (its current one, else
-        :class:`PermissionDenied`); the old key stops working at once. Returns the new key."""
+        :class:`PermissionDenied`); the old key stops working at once here, and in the other services
+        as soon as they have the new version of the institution. Returns the new key."""
         require("institution_id", institution_id)
-        key = new_api_key()
-        if not api_key or not await store.replace_api_key(self.pool, institution_id, hash_api_key(api_key),
-                                                          hash_api_key(key)):
-            raise PermissionDenied(f"rotating the API key of institution {institution_id} needs its current key "
-                                   "in the metadata x-api-key")
+        key, now = apikeys.new(), self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rotated = api_key and await store.replace_api_key(conn, institution_id, apikeys.digest(api_key),
+                                                              apikeys.digest(key), now)
+            if not rotated:
+                raise PermissionDenied(f"rotating the API key of institution {institution_id} needs its current key "
+                                       f"in the metadata {apikeys.HEADER}")
+            await self._announce(conn, rotated, apikeys.digest(key), created=False, now=now)
         return key
 
     async def authenticate(self, api_key: str) -> str:
         """The id of the institution holding ``api_key``, else :class:`PermissionDenied`."""
         if api_key:
-            institution_id = await store.institution_by_key(self.pool, hash_api_key(api_key))
+            institution_id = await store.institution_by_key(self.pool, apikeys.digest(api_key))
             if institution_id:
                 return institution_id
-        raise PermissionDenied("a valid institution API key is required in the metadata x-api-key")
+        raise PermissionDenied(f"a valid institution API key is required in the metadata {apikeys.HEADER}")
 
     async def get(self, institution_id: str) -> d.Institution:
         require("institution_id", institution_id)

@@ -140,11 +140,14 @@ async def institution_by_key(conn: Conn, key_hash: str) -> str | None:
     return await conn.fetchval("SELECT institution_id FROM institutions WHERE api_key_hash = $1", key_hash)
 
 
-async def replace_api_key(conn: Conn, institution_id: str, old_hash: str, new_hash: str) -> bool:
-    """Swap the key hash if ``old_hash`` is the current one (of two concurrent swaps, one wins)."""
-    status = await conn.execute("UPDATE institutions SET api_key_hash = $3 WHERE institution_id = $1"
-                                " AND api_key_hash = $2", institution_id, old_hash, new_hash)
-    return status == "UPDATE 1"
+async def replace_api_key(conn: asyncpg.Connection, institution_id: str, old_digest: str, new_digest: str,
+                          now: datetime) -> d.Institution | None:
+    """Swap the key digest if ``old_digest`` is the current one (of two concurrent swaps, one wins),
+    making a new version of the institution; None if it was not."""
+    row = await conn.fetchrow("UPDATE institutions SET api_key_hash = $3, version = version + 1, updated_at = $4"
+                              f" WHERE institution_id = $1 AND api_key_hash = $2 RETURNING {_INSTITUTION_COLS}",
+                              institution_id, old_digest, new_digest, now)
+    return _institution(row) if row else None
 
 
 async def lacks_api_key(conn: asyncpg.Connection, institution_id: str) -> bool:
@@ -152,8 +155,13 @@ async def lacks_api_key(conn: asyncpg.Connection, institution_id: str) -> bool:
                                institution_id)
 
 
-async def set_api_key(conn: asyncpg.Connection, institution_id: str, key_hash: str) -> None:
-    await conn.execute("UPDATE institutions SET api_key_hash = $2 WHERE institution_id = $1", institution_id, key_hash)
+async def set_api_key(conn: asyncpg.Connection, institution_id: str, key_digest: str, now: datetime
+                      ) -> d.Institution:
+    """Give the institution its first key, as a new version."""
+    row = await conn.fetchrow("UPDATE institutions SET api_key_hash = $2, version = version + 1, updated_at = $3"
+                              f" WHERE institution_id = $1 RETURNING {_INSTITUTION_COLS}", institution_id, key_digest,
+                              now)
+    return _institution(row)
 
 
 async def list_institutions(conn: Conn, limit: int, offset: int, *, type_: int = 0, region_code: str = ""

@@ -14,11 +14,12 @@ from finmesh.notification.v1 import delivery_pb2 as dlv
 from finmesh.notification.v1 import delivery_pb2_grpc as dlv_grpc
 from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.notification.v1 import notification_pb2_grpc as pb_grpc
+from meshkit import apikeys
 from meshkit.errors import DomainError, FieldViolation, ValidationFailed, Violations
 from meshkit.grpcserver import to_status
 from meshkit.paging import MAX_PAGE_SIZE, Page
 from services.notifier import domain, mapping, store
-from services.notifier.service import Notifier
+from services.notifier.service import WEBHOOK_SECRET_HEADER, Caller, Notifier
 
 MAX_MARK = 500
 SUBSCRIBE_POLL_SECONDS = 1.0  # also wakes at once on a notification recorded by this replica
@@ -36,8 +37,8 @@ def _language(context: grpc.aio.ServicerContext) -> str:
     return _metadata(context, "accept-language").lower() or "en"
 
 
-def _secret(context: grpc.aio.ServicerContext) -> str:
-    return _metadata(context, "x-webhook-secret")
+def _caller(context: grpc.aio.ServicerContext) -> Caller:
+    return Caller(api_key=apikeys.from_context(context), secret=_metadata(context, WEBHOOK_SECRET_HEADER))
 
 
 def _recipient(v: Violations, kind: int, recipient_id: str) -> None:
@@ -139,7 +140,7 @@ class DeliveryApi(dlv_grpc.DeliveryServiceServicer):
     async def RegisterWebhook(self, request: dlv.RegisterWebhookRequest, context: grpc.aio.ServicerContext
                               ) -> dlv.RegisterWebhookResponse:
         inst, url = request.institution_id.strip(), request.url.strip()
-        wid, created_at, created, secret = await self.notifier.register_webhook(inst, url, _secret(context))
+        wid, created_at, created, secret = await self.notifier.register_webhook(inst, url, _caller(context))
         return dlv.RegisterWebhookResponse(webhook=mapping.webhook_pb(wid, inst, url, created_at), created=created,
                                            secret=secret)
 
@@ -150,7 +151,7 @@ class DeliveryApi(dlv_grpc.DeliveryServiceServicer):
         v.check(mapping.is_uuid(request.webhook_id), "webhook_id", "must be a webhook id")
         v.raise_if_any()
         deleted = await self.notifier.delete_webhook(request.institution_id.strip(), request.webhook_id,
-                                                     _secret(context))
+                                                     _caller(context))
         return dlv.DeleteWebhookResponse(deleted=deleted)
 
     async def ListDeliveries(self, request: dlv.ListDeliveriesRequest, context: grpc.aio.ServicerContext
@@ -163,7 +164,7 @@ class DeliveryApi(dlv_grpc.DeliveryServiceServicer):
         v.raise_if_any()
         rows = await self.notifier.list_deliveries(request.institution_id.strip(),
                                                    mapping.DELIVERY_STATUS_NAMES.get(request.status, ""),
-                                                   Page(min(page.size, MAX_PAGE_SIZE), page.offset), _secret(context))
+                                                   Page(min(page.size, MAX_PAGE_SIZE), page.offset), _caller(context))
         return dlv.ListDeliveriesResponse(deliveries=[mapping.delivery_pb(dict(r)) for r in rows[: page.size]],
                                           next_page_token=page.next_token(len(rows)))
 
@@ -174,7 +175,7 @@ class ContactClockApi(cpb_grpc.ContactClockServiceServicer):
 
     async def SetContactPolicy(self, request: cpb.SetContactPolicyRequest, context: grpc.aio.ServicerContext
                                ) -> cpb.SetContactPolicyResponse:
-        policy = await self.notifier.set_policy(mapping.policy_from_pb(request.policy), _secret(context))
+        policy = await self.notifier.set_policy(mapping.policy_from_pb(request.policy), _caller(context))
         return cpb.SetContactPolicyResponse(policy=mapping.policy_pb(policy))
 
     async def GetLeadClock(self, request: cpb.GetLeadClockRequest, context: grpc.aio.ServicerContext

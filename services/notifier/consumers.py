@@ -88,7 +88,8 @@ def roadshow_notice(notifier: Notifier, name: str) -> Handler:
 
 
 def institution_changed(notifier: Notifier) -> Handler:
-    """``demand.institution-changed.v1`` (compacted) → the institution's own contact SLA (latest version wins)."""
+    """``demand.institution-changed.v1`` (compacted) → the institution's own contact SLA and the digest of
+    its API key (latest version wins)."""
 
     async def handle(env: codec.Envelope) -> None:
         assert isinstance(env.message, institution_events.InstitutionChanged)
@@ -96,6 +97,6 @@ def institution_changed(notifier: Notifier) -> Handler:
         if not i.institution_id:
             raise codec.PoisonMessage("unusable InstitutionChanged: institution.institution_id is empty")
         # 0 = the institution set no SLA: kept as 0, so the clock says "default" rather than "institution".
-        await notifier.on_institution(i.institution_id, i.contact_sla_hours, i.version)
+        await notifier.on_institution(i.institution_id, i.contact_sla_hours, i.version, env.message.api_key_sha256)
 
     return handle

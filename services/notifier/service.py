@@ -9,13 +9,14 @@ import asyncio
 import math
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
-from meshkit import ids, inbox, log, outbox, topics
+from meshkit import apikeys, ids, inbox, log, outbox, topics
 from meshkit.clock import Clock
-from meshkit.errors import NotFound, PermissionDenied
+from meshkit.errors import NotFound, PermissionDenied, Unavailable
 from meshkit.metrics import Metrics
 from meshkit.paging import Page
 from services.notifier import domain, mapping, store
@@ -38,6 +39,17 @@ class Signal:
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:
             pass
+
+
+WEBHOOK_SECRET_HEADER = "x-webhook-secret"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An institution's credentials as a call carries them: its API key and its webhook secret."""
+
+    api_key: str = ""
+    secret: str = ""
 
 
 class Notifier:
@@ -125,9 +137,9 @@ class Notifier:
     async def on_notice(self, consumer: str, event_id: str, notice: domain.RoadshowNotice) -> None:
         await self._once(consumer, event_id, [domain.for_notice(notice)])
 
-    async def on_institution(self, institution_id: str, sla_hours: int, version: int) -> None:
+    async def on_institution(self, institution_id: str, sla_hours: int, version: int, key_digest: str) -> None:
         async with self.pool.acquire() as conn:
-            await store.set_institution_sla(conn, institution_id, sla_hours, version)
+            await store.set_institution(conn, institution_id, sla_hours, version, key_digest)
 
     async def on_lead_change(self, consumer: str, event_id: str, c: LeadChange) -> None:
         """Start the clock at DELIVERED, stop it at contact, decline, withdrawal (or later); tell the
@@ -228,23 +240,35 @@ class Notifier:
         return clock
 
     # -- institutions: secret, webhooks, policies ------------------------------------------------------------
+    # (Caller: who a DeliveryService or policy call says it is; see _authorise.)
 
-    async def _authorise(self, conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, given: str) -> bool:
-        """True if the institution has a secret (and ``given`` matches it); False if it has none yet."""
+    async def _authorise(self, conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, caller: Caller) -> bool:
+        """Whether the institution has a webhook secret yet. The caller must prove it is the institution:
+        with its API key, or (once it has one) its webhook secret; else :class:`PermissionDenied`
+        (:class:`Unavailable` for a key given before the institution's registration has arrived here)."""
         secret = await store.secret_of(conn, institution_id)
-        if not secret:
-            return False
-        if not given or not secrets.compare_digest(secret, given):
-            raise PermissionDenied(f"x-webhook-secret is missing or wrong for institution {institution_id}")
-        return True
+        if caller.api_key:
+            key_digest = await store.api_key_digest_of(conn, institution_id)
+            if not key_digest:
+                raise Unavailable(f"institution {institution_id} (or its API key) is not known to the notifier yet: "
+                                  "its registration arrives within seconds; retry")
+            if not apikeys.matches(caller.api_key, key_digest):
+                raise PermissionDenied(f"{apikeys.HEADER} is not the API key of institution {institution_id}")
+            return bool(secret)
+        if secret and caller.secret and secrets.compare_digest(secret, caller.secret):
+            return True
+        if secret:
+            raise PermissionDenied(f"{WEBHOOK_SECRET_HEADER} is missing or wrong for institution {institution_id}")
+        raise PermissionDenied(f"institution {institution_id} has no webhook yet: registering the first one needs "
+                               f"its API key in the metadata {apikeys.HEADER}")
 
-    async def set_policy(self, p: Policy, given_secret: str) -> Policy:
+    async def set_policy(self, p: Policy, caller: Caller) -> Policy:
         domain.validate_policy(p)
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._authorise(conn, p.institution_id, given_secret)
+            await self._authorise(conn, p.institution_id, caller)
             return await store.set_policy(conn, p, self.clock())
 
-    async def register_webhook(self, institution_id: str, url: str, given_secret: str
+    async def register_webhook(self, institution_id: str, url: str, caller: Caller
                                ) -> tuple[str, datetime, bool, str]:
         """(webhook id, created at, created, the new secret if this call created it)."""
         domain.validate_webhook(institution_id, url)
@@ -253,19 +277,19 @@ class Notifier:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"webhooks:{institution_id}")
             new_secret = ""
-            if not await self._authorise(conn, institution_id, given_secret):
+            if not await self._authorise(conn, institution_id, caller):
                 new_secret = secrets.token_urlsafe(32)
                 await store.create_secret(conn, institution_id, new_secret, now)
             created_at, created = await store.add_webhook(conn, wid, institution_id, url, now)
         return wid, created_at, created, new_secret
 
-    async def delete_webhook(self, institution_id: str, webhook_id: str, given_secret: str) -> bool:
+    async def delete_webhook(self, institution_id: str, webhook_id: str, caller: Caller) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await self._authorise(conn, institution_id, given_secret):
+            if not await self._authorise(conn, institution_id, caller):
                 raise NotFound(f"institution {institution_id} has no webhooks")
             return await store.delete_webhook(conn, institution_id, webhook_id)
 
-    async def list_deliveries(self, institution_id: str, status: str, page: Page, given_secret: str) -> list:
-        if not await self._authorise(self.pool, institution_id, given_secret):
+    async def list_deliveries(self, institution_id: str, status: str, page: Page, caller: Caller) -> list:
+        if not await self._authorise(self.pool, institution_id, caller):
             return []
         return await store.list_deliveries(self.pool, institution_id, status, page)

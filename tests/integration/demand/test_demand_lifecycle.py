@@ -25,7 +25,7 @@ from finmesh.institution.v1 import institution_pb2 as inst
 from finmesh.lead.v1 import events_pb2 as ld_events
 from finmesh.lead.v1 import lead_pb2 as ld
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import codec, ids, topics
+from meshkit import apikeys, codec, ids, topics
 from meshkit.grpcserver import field_violations
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ async def register_bank(stubs: Stubs, name: str) -> tuple[str, str]:
     return institution_id, reply.api_key
 
 
-async def test_an_institution_rotates_its_key_and_the_old_one_stops_working(stubs: Stubs) -> None:
+async def test_an_institution_rotates_its_key_and_the_old_one_stops_working(stubs: Stubs, bootstrap: str) -> None:
     institution_id, key = await register_bank(stubs, "cmb")
     _, other_key = await register_bank(stubs, "spdb")
     rotate = inst.RotateApiKeyRequest(institution_id=institution_id)
@@ -165,6 +165,12 @@ async def test_an_institution_rotates_its_key_and_the_old_one_stops_working(stub
     for call in (stubs.leads.ListLeads(ld.ListLeadsRequest(), metadata=(("x-api-key", key),)),
                  stubs.institutions.RotateApiKey(rotate, metadata=(("x-api-key", key),))):
         assert (await rpc_error(call)).code() == grpc.StatusCode.PERMISSION_DENIED  # the old one nowhere
+    # The other services learn the new key's digest from a new version of the institution.
+    records = await read_topic(bootstrap, topics.INSTITUTIONS_CHANGED.name, lambda f: len(f) >= 2,
+                               lambda r: r.key == institution_id.encode())
+    changes = [inst_events.InstitutionChanged.FromString(r.value) for r in records]
+    assert [(c.institution.version, c.api_key_sha256) for c in changes] == [(1, apikeys.digest(key)),
+                                                                            (2, apikeys.digest(new))]
 
 
 async def test_institutions_get_a_key_once_and_only_its_holder_changes_them(stubs: Stubs, bootstrap: str) -> None:
@@ -195,7 +201,8 @@ async def test_institutions_get_a_key_once_and_only_its_holder_changes_them(stub
                                lambda r: r.key == institution_id.encode())
     changes = [inst_events.InstitutionChanged.FromString(r.value) for r in records]
     assert [(c.institution.version, c.created) for c in changes] == [(1, True), (2, False)]
-    assert key.encode() not in records[0].value
+    assert all(key.encode() not in r.value for r in records)  # the key itself is never published
+    assert [c.api_key_sha256 for c in changes] == [apikeys.digest(key)] * 2  # the services check it against
 
 
 # -- intake channels -------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from notifier_support import FAST_RETRY, INSTITUTION, inbox, lead_changed, matched, uid
+from notifier_support import FAST_RETRY, INSTITUTION, as_institution, inbox, institution, lead_changed, matched, uid
 from waiting import eventually
 
 from finmesh.institution.v1 import events_pb2 as inst_events
@@ -56,8 +56,8 @@ def hours(a, b) -> float:  # noqa: ANN001
 async def test_an_uncontacted_lead_is_reminded_then_escalated_and_breached_once(
         notifier: Runtime, stub, clocks, clock, bootstrap: str) -> None:
     inst = f"bank-{uid()}"
-    await clocks.SetContactPolicy(cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(
-        institution_id=inst, escalation_contact="risk-desk@bank.example")))
+    await as_institution(clocks.SetContactPolicy, cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(
+        institution_id=inst, escalation_contact="risk-desk@bank.example")), await institution(bootstrap, inst))
     lead = await deliver(bootstrap, clock, inst)
     c = await lead_clock(clocks, lead.lead_id)
     assert c.state == cpb.CLOCK_STATE_RUNNING and c.sla_hours == 72 and c.sla_source == "default"
@@ -92,9 +92,7 @@ async def test_contact_stops_the_clock_and_overrides_set_the_sla(notifier: Runti
                                                                  bootstrap: str) -> None:
     inst = f"bank-{uid()}"
     # The institution's own SLA (from the demand service's institution topic) applies to new clocks.
-    changed = inst_events.InstitutionChanged(institution=inst_pb.Institution(
-        institution_id=inst, name="Bank", contact_sla_hours=24, version=1), created=True)
-    await publish(bootstrap, topics.INSTITUTIONS_CHANGED, changed)
+    key = await institution(bootstrap, inst, sla_hours=24)
 
     async def probe() -> cpb.LeadClock:
         return await lead_clock(clocks, (await deliver(bootstrap, clock, inst)).lead_id)
@@ -103,8 +101,8 @@ async def test_contact_stops_the_clock_and_overrides_set_the_sla(notifier: Runti
 
     # A per-product policy beats it.
     t = uid()
-    await clocks.SetContactPolicy(cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(
-        institution_id=inst, product_id=f"{inst}-p1", sla_hours=12)))
+    await as_institution(clocks.SetContactPolicy, cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(
+        institution_id=inst, product_id=f"{inst}-p1", sla_hours=12)), key)
     contacted = await deliver(bootstrap, clock, inst, tag=t)
     c = await lead_clock(clocks, contacted.lead_id)
     assert (c.sla_hours, c.sla_source) == (12, "product policy")
@@ -170,7 +168,14 @@ async def test_two_replicas_fire_each_clock_once(notifier: Runtime, clocks, cloc
         assert len({matching.LeadSlaBreached.FromString(r.value).lead_id for r in records}) == 20
 
 
-async def test_bad_policies_and_unknown_clocks_are_refused(clocks) -> None:
+async def test_bad_policies_and_unknown_clocks_are_refused(clocks, bootstrap: str) -> None:
+    inst = f"bank-{uid()}"
+    policy = cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(institution_id=inst, sla_hours=24))
+    await institution(bootstrap, inst)
+    for metadata in ((), await institution(bootstrap, f"bank-{uid()}")):  # no key; another institution's
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await as_institution(clocks.SetContactPolicy, policy, metadata)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await clocks.SetContactPolicy(cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(sla_hours=1000)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -12,7 +12,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from notifier_support import ENTERPRISE, INSTITUTION, Endpoints, Receiver, matched
+from notifier_support import ENTERPRISE, INSTITUTION, Endpoints, Receiver, as_institution, institution, matched
 from waiting import eventually
 
 from finmesh.notification.v1 import delivery_pb2 as dlv
@@ -62,8 +62,8 @@ async def test_kill_9_mid_burst_gives_exactly_one_notification_per_lead(
         await proc.wait_serving()
         async with Endpoints() as server, grpc.aio.insecure_channel(proc.address) as ch:
             receiver = Receiver()
-            reply = await dlv_grpc.DeliveryServiceStub(ch).RegisterWebhook(dlv.RegisterWebhookRequest(
-                institution_id=inst, url=server.add("bank", receiver)))
+            reply = await as_institution(dlv_grpc.DeliveryServiceStub(ch).RegisterWebhook, dlv.RegisterWebhookRequest(
+                institution_id=inst, url=server.add("bank", receiver)), await institution(bootstrap, inst))
             receiver.secret = reply.secret
 
             producer = make_producer(bootstrap, "test-burst")

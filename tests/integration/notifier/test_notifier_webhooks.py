@@ -9,13 +9,24 @@ import json
 
 import grpc
 import pytest
-from notifier_support import INSTITUTION, Endpoints, Receiver, inbox, matched, uid
+from notifier_support import (
+    INSTITUTION,
+    Endpoints,
+    Metadata,
+    Receiver,
+    as_institution,
+    inbox,
+    institution,
+    matched,
+    uid,
+    with_secret,
+)
 from waiting import eventually
 
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.notification.v1 import delivery_pb2 as dlv
-from meshkit import codec, topics
+from meshkit import apikeys, codec, topics
 from meshkit.grpcserver import field_violations
 from meshkit.lifecycle import Runtime
 from tests.integration.matcher.matcher_support import publish
@@ -23,15 +34,20 @@ from tests.integration.matcher.matcher_support import publish
 pytestmark = pytest.mark.integration
 
 
-async def register(deliveries, inst: str, url: str, secret: str = "") -> dlv.RegisterWebhookResponse:
-    md = (("x-webhook-secret", secret),) if secret else ()
-    return await deliveries.RegisterWebhook(dlv.RegisterWebhookRequest(institution_id=inst, url=url), metadata=md)
+async def register(deliveries, inst: str, url: str, metadata: Metadata = ()) -> dlv.RegisterWebhookResponse:
+    return await as_institution(deliveries.RegisterWebhook, dlv.RegisterWebhookRequest(institution_id=inst, url=url),
+                                metadata)
+
+
+async def first_webhook(deliveries, bootstrap: str, inst: str, url: str) -> dlv.RegisterWebhookResponse:
+    """The institution registered (its InstitutionChanged published), then its first webhook, with its API key."""
+    return await register(deliveries, inst, url, await institution(bootstrap, inst))
 
 
 async def listed(deliveries, inst: str, secret: str, ok, timeout: float = 15.0) -> list[dlv.Delivery]:
     async def fetch() -> list[dlv.Delivery]:
         reply = await deliveries.ListDeliveries(dlv.ListDeliveriesRequest(institution_id=inst, page_size=100),
-                                                metadata=(("x-webhook-secret", secret),))
+                                                metadata=with_secret(secret))
         return list(reply.deliveries)
     return await eventually(fetch, ok, timeout)
 
@@ -42,10 +58,10 @@ async def test_fails_twice_then_succeeds_once_and_a_dead_one_blocks_nothing(
     async with Endpoints() as server:
         flaky = Receiver(script=[500, 503])
         broken = Receiver(script=[500] * 100)
-        first = await register(deliveries, inst, server.add("flaky", flaky))
+        first = await first_webhook(deliveries, bootstrap, inst, server.add("flaky", flaky))
         assert first.created and first.secret
         secret = flaky.secret = broken.secret = first.secret
-        second = await register(deliveries, inst, server.add("broken", broken), secret)
+        second = await register(deliveries, inst, server.add("broken", broken), with_secret(secret))
         assert second.created and not second.secret  # the secret is shown once
 
         msg = matched(f"d-{uid()}", f"E{uid()}", [inst])
@@ -87,8 +103,8 @@ async def test_a_slow_webhook_times_out_and_does_not_hold_up_a_fast_one(deliveri
     slow_inst, fast_inst = f"slow-{uid()}", f"fast-{uid()}"
     async with Endpoints() as server:
         slow, fast = Receiver(delay=3.0), Receiver()
-        slow_secret = (await register(deliveries, slow_inst, server.add("slow", slow))).secret
-        await register(deliveries, fast_inst, server.add("fast", fast))
+        slow_secret = (await first_webhook(deliveries, bootstrap, slow_inst, server.add("slow", slow))).secret
+        await first_webhook(deliveries, bootstrap, fast_inst, server.add("fast", fast))
         await publish(bootstrap, topics.DEMANDS_MATCHED, matched(f"d-{uid()}", f"E{uid()}", [slow_inst]))
         await publish(bootstrap, topics.DEMANDS_MATCHED, matched(f"d-{uid()}", f"E{uid()}", [fast_inst]))
         await eventually(lambda: _async(fast.delivered), lambda cs: len(cs) == 1)
@@ -108,8 +124,8 @@ async def test_a_backlog_for_one_webhook_neither_holds_up_another_nor_fails_unse
     async with Endpoints() as server:
         busy, other = Receiver(gate=asyncio.Event()), Receiver()
         try:
-            secret = (await register(deliveries, busy_inst, server.add("busy", busy))).secret
-            await register(deliveries, other_inst, server.add("other", other))
+            secret = (await first_webhook(deliveries, bootstrap, busy_inst, server.add("busy", busy))).secret
+            await first_webhook(deliveries, bootstrap, other_inst, server.add("other", other))
             many = matching.DemandMatched(demand_id=f"d-{tag}", enterprise_uscc=f"E{tag}", candidates_considered=50)
             for i in range(backlog):
                 many.leads.add(lead_id=f"l-{tag}-{i}", demand_id=many.demand_id, institution_id=busy_inst,
@@ -133,12 +149,12 @@ async def test_a_deleted_webhook_gets_no_more_calls_and_its_deliveries_are_dead(
     inst = f"bank-{uid()}"
     async with Endpoints() as server:
         gone = Receiver(script=[500] * 20, gate=asyncio.Event())  # holds the first call open, then fails it
-        reg = await register(deliveries, inst, server.add("gone", gone))
+        reg = await first_webhook(deliveries, bootstrap, inst, server.add("gone", gone))
         try:
             await publish(bootstrap, topics.DEMANDS_MATCHED, matched(f"d-{uid()}", f"E{uid()}", [inst]))
             await eventually(lambda: _async(lambda: gone.arrived), lambda a: len(a) >= 1)
             deleted = await deliveries.DeleteWebhook(dlv.DeleteWebhookRequest(
-                institution_id=inst, webhook_id=reg.webhook.webhook_id), metadata=(("x-webhook-secret", reg.secret),))
+                institution_id=inst, webhook_id=reg.webhook.webhook_id), metadata=with_secret(reg.secret))
             assert deleted.deleted
             calls_at_deletion = len(gone.arrived)
         finally:
@@ -150,19 +166,48 @@ async def test_a_deleted_webhook_gets_no_more_calls_and_its_deliveries_are_dead(
         assert len(d.history) == d.attempts == calls_at_deletion == len(gone.arrived)
 
 
-async def test_registration_needs_the_secret_once_there_is_one(deliveries) -> None:
-    inst = f"bank-{uid()}"
-    first = await register(deliveries, inst, "http://127.0.0.1:9/a")
-    again = await register(deliveries, inst, "http://127.0.0.1:9/a", first.secret)
-    assert not again.created and again.webhook.webhook_id == first.webhook.webhook_id
-    for secret in ("", "wrong"):
+async def test_only_the_institution_registers_its_webhooks_with_its_api_key_then_its_secret(
+        deliveries, bootstrap: str) -> None:
+    inst, stranger = f"bank-{uid()}", f"bank-{uid()}"
+    request = dlv.RegisterWebhookRequest(institution_id=inst, url="http://127.0.0.1:9/a")
+    # Before its registration has reached the notifier: UNAVAILABLE (retry), not a refusal.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await deliveries.RegisterWebhook(request, metadata=((apikeys.HEADER, apikeys.new()),))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    key = await institution(bootstrap, inst)
+    stranger_key = await institution(bootstrap, stranger)
+    # No credentials, another institution's key or a forged one: refused, even for the first webhook.
+    for metadata in ((), stranger_key, ((apikeys.HEADER, "fmk_forged"),), with_secret("guess")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await register(deliveries, inst, "http://127.0.0.1:9/b", secret)
+            await register(deliveries, inst, "http://127.0.0.1:9/a", metadata)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, metadata
+    first = await register(deliveries, inst, "http://127.0.0.1:9/a", key)
+    assert first.created and first.secret
+    # From then on the secret works, and so does the key (the secret is not shown again).
+    again = await register(deliveries, inst, "http://127.0.0.1:9/a", with_secret(first.secret))
+    assert not again.created and again.webhook.webhook_id == first.webhook.webhook_id
+    by_key = await register(deliveries, inst, "http://127.0.0.1:9/b", key)
+    assert by_key.created and not by_key.secret
+    for metadata in ((), with_secret("wrong"), stranger_key):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await register(deliveries, inst, "http://127.0.0.1:9/c", metadata)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A rotated key (a new version of the institution): the old one stops working, the new one works.
+    rotated = await institution(bootstrap, inst, version=2)
+
+    async def old_key_refused() -> bool:
+        try:
+            await register(deliveries, inst, "http://127.0.0.1:9/b", key)
+            return False
+        except grpc.aio.AioRpcError as e:
+            return e.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await eventually(old_key_refused, bool, 15.0)
+    assert not (await register(deliveries, inst, "http://127.0.0.1:9/b", rotated)).created
+
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await register(deliveries, "", "ftp://x")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(field_violations(err.value)) == {"institution_id", "url"}
     deleted = await deliveries.DeleteWebhook(dlv.DeleteWebhookRequest(
-        institution_id=inst, webhook_id=first.webhook.webhook_id), metadata=(("x-webhook-secret", first.secret),))
+        institution_id=inst, webhook_id=first.webhook.webhook_id), metadata=with_secret(first.secret))
     assert deleted.deleted
