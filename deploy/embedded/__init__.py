@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +24,32 @@ from typing import Any, TypeVar
 import psutil
 
 T = TypeVar("T")
+
+
+LOG_MAX_BYTES = 64 * 1024 * 1024  # a process's log is rotated past this size
+LOG_KEEP = 3  # rotated copies kept: <log>.1 (newest) to <log>.3
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
+    """Copy and truncate ``path`` once it is larger than ``max_bytes``; returns whether it did.
+
+    Its content becomes ``<path>.1`` (older copies move up to ``<path>.<keep>``; the oldest is
+    dropped) and the file is emptied in place: the process writing it has it open for appending, so
+    it goes on writing at the start of the emptied file. Lines written between the copy and the
+    truncation (microseconds) are lost; that is the price of not restarting the writer.
+    """
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    os.truncate(path, 0)
+    return True
 
 
 def run_coroutine_blocking(coro: Coroutine[Any, Any, T]) -> T:

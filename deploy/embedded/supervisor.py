@@ -34,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from deploy.embedded import ProcessGroup
+from deploy.embedded import ProcessGroup, rotate_log
 from deploy.embedded.kafka import KafkaBroker
 from deploy.embedded.postgres import EmbeddedPostgres
 
@@ -42,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".stack"
 DEFAULT_SERVICES = ("demand", "matcher", "notifier", "roadshow")
 TOPICS_COMMAND = (sys.executable, "-m", "meshkit.topics", "create")
+LOG_CHECK_SECONDS = 30.0  # how often the supervisor looks at the size of the logs
 
 STABLE_AFTER_S = 60.0  # a process up this long is healthy again: its back-off resets
 MAX_BACKOFF_S = 30.0
@@ -413,8 +414,13 @@ class Mesh:
 
     # -- supervision ----------------------------------------------------------------------
     def _supervise(self) -> None:
-        """Every ``check_interval``: restart what died, with a back-off if it keeps dying."""
+        """Every ``check_interval``: restart what died, with a back-off if it keeps dying; every
+        ``LOG_CHECK_SECONDS``: rotate the logs that have grown too large (:func:`rotate_log`)."""
+        logs_checked = time.monotonic()
         while not self._stopping.wait(self.check_interval):
+            if time.monotonic() - logs_checked >= LOG_CHECK_SECONDS:
+                logs_checked = time.monotonic()
+                self._rotate_logs()
             for name in ["postgres", "kafka", *self.services]:
                 with self._lock:
                     if self._stopping.is_set():
@@ -427,6 +433,18 @@ class Mesh:
                         self._restarts[name].last_pid = comp.pid
                     else:
                         self._handle_death(name, comp)
+
+    def _rotate_logs(self) -> None:
+        """The services' logs and PostgreSQL's (the broker rolls its own)."""
+        paths = sorted((self.data_dir / "logs").glob("*.log"))
+        if self.postgres is not None:
+            paths.append(self.postgres.log_path)
+        for path in paths:
+            try:
+                if rotate_log(path):
+                    self.console.print(f"[dim]log rotated: {path}[/dim]")
+            except OSError as err:  # a full disk must not stop the supervision
+                self.console.print(f"[yellow]log not rotated: {path}: {err}[/yellow]")
 
     def _handle_death(self, name: str, comp: Any) -> None:
         state = self._restarts[name]
