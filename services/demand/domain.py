@@ -942,15 +942,42 @@ def withdraw(demand: Demand, *, uscc: str, reason: str, at: datetime) -> Demand:
     actor = f"enterprise:{uscc}"
     why = reason.strip() or "withdrawn by the enterprise"
     withdrawn = transition(demand, S.WITHDRAWN, at=at, actor=actor, reason=why)
-    leads = tuple(
-        lead_transition(lead, L.WITHDRAWN, at=at, actor=actor, reason=f"demand withdrawn: {why}")
-        if withdrawable(lead) else lead
-        for lead in demand.leads
+    return replace(withdrawn, leads=close_leads(demand.leads, at=at, actor=actor, reason=f"demand withdrawn: {why}"))
+
+
+def close_leads(leads: Sequence[Lead], *, at: datetime, actor: str, reason: str) -> tuple[Lead, ...]:
+    """``leads`` once their demand is over (withdrawn, expired, funded): each one still being worked
+    (delivered, contacted, under review) is WITHDRAWN with ``reason``, which stops its contact clock
+    and tells its institution; one whose clock ran out (SLA_BREACHED) is EXPIRED; an approved offer
+    and the closed ones stay as they are."""
+    return tuple(
+        lead_transition(lead, L.WITHDRAWN, at=at, actor=actor, reason=reason) if withdrawable(lead)
+        else lead_transition(lead, L.EXPIRED, at=at, actor=actor, reason=reason) if lead.status == L.SLA_BREACHED
+        else lead
+        for lead in leads
     )
-    return replace(withdrawn, leads=leads)
+
+
+def sla_breach_reason(consent_to_share: bool) -> str:
+    """Why a lead's clock ran out, as the enterprise is told: its demand goes on only with its consent."""
+    if consent_to_share:
+        return "contact deadline passed; the demand goes to the next-best institution that fits"
+    return ("contact deadline passed; the demand goes to no other institution without the enterprise's consent "
+            "to share it (consent_to_share)")
+
+
+def rerouted(leads: Sequence[Lead], new: Sequence[Lead], *, at: datetime, actor: str) -> tuple[Lead, ...]:
+    """``leads`` (a demand's) once ``new`` leads went out for it: each lead whose contact clock ran out
+    (SLA_BREACHED) is EXPIRED, the demand having gone on to other institutions."""
+    if not new:
+        return tuple(leads)
+    to = ", ".join(sorted({lead.institution_id for lead in new}))
+    return tuple(lead_transition(lead, L.EXPIRED, at=at, actor=actor, reason=f"re-routed: the demand went on to {to}")
+                 if lead.status == L.SLA_BREACHED else lead for lead in leads)
 
 
 _PROGRESS = (S.LEADS_ISSUED, S.IN_CONTACT, S.IN_PROCESS, S.FUNDED)
+NOT_TAKEN_UP = frozenset({L.DECLINED, L.SLA_BREACHED, L.EXPIRED})  # what leaves a demand ALL_DECLINED
 
 
 def demand_progress(current: DemandStatus, leads: Sequence[Lead], *, amount_fen: int,
@@ -958,9 +985,10 @@ def demand_progress(current: DemandStatus, leads: Sequence[Lead], *, amount_fen:
     """The demand statuses its leads' outcomes lead to, in order (empty: no change).
 
     First contact -> IN_CONTACT; under review or approved -> IN_PROCESS; disbursed in total at
-    least the least acceptable amount (the full amount when 0) -> FUNDED; every lead declined
-    (or expired, at least one declined) -> ALL_DECLINED. Only forward, from LEADS_ISSUED,
-    IN_CONTACT or IN_PROCESS; a demand withdrawn, expired or funded is not moved."""
+    least the least acceptable amount (the full amount when 0) -> FUNDED; every lead declined,
+    or gone without contact (its clock ran out: SLA_BREACHED or EXPIRED) -> ALL_DECLINED, from
+    where a re-match opens the demand again. Only forward, from LEADS_ISSUED, IN_CONTACT or
+    IN_PROCESS; a demand withdrawn, expired or funded is not moved."""
     if current not in _PROGRESS[:-1] or not leads:
         return []
     reached = frozenset().union(*(lead.reached() for lead in leads))
@@ -968,7 +996,7 @@ def demand_progress(current: DemandStatus, leads: Sequence[Lead], *, amount_fen:
     disbursed = sum(lead.disbursed_amount_fen for lead in leads if lead.status == L.DISBURSED)
     if disbursed >= threshold:
         target = S.FUNDED
-    elif all(lead.status in (L.DECLINED, L.EXPIRED) for lead in leads) and L.DECLINED in reached:
+    elif all(lead.status in NOT_TAKEN_UP for lead in leads):
         return [S.ALL_DECLINED]
     elif reached & {L.UNDER_REVIEW, L.APPROVED, L.DISBURSED}:
         target = S.IN_PROCESS
@@ -985,5 +1013,5 @@ def progress_reason(to: DemandStatus, lead: Lead) -> str:
         S.IN_CONTACT: f"first contact by {lead.institution_id}",
         S.IN_PROCESS: f"{lead.institution_id} is reviewing or has approved the application",
         S.FUNDED: f"disbursed by {lead.institution_id}: at least the least acceptable amount",
-        S.ALL_DECLINED: "every institution declined",
+        S.ALL_DECLINED: "no institution took it up: each declined or did not make contact in time",
     }.get(to, to.name)

@@ -71,6 +71,17 @@ async def _change_status(conn: asyncpg.Connection, head: store.DemandHead, previ
     return topics.DEMAND_STATUS_CHANGED, msg, ids.event_id("demand-status-changed", head.demand_id, str(seq))
 
 
+async def _save_leads(conn: asyncpg.Connection, before: Sequence[d.Lead], after: Sequence[d.Lead], uscc: str
+                      ) -> list[Event]:
+    """Store the leads of ``after`` that differ from ``before`` (the same leads, in order) and return
+    their LeadStatusChanged events."""
+    changed = [(new, old) for new, old in zip(after, before, strict=True) if new != old]
+    for new, _old in changed:
+        await store.save_lead_outcome(conn, new)
+    await store.append_lead_history(conn, [(new, len(old.history)) for new, old in changed])
+    return [e for new, old in changed for e in _lead_events(new, uscc, len(old.history) + 1)]
+
+
 def _accepted_event(x: d.Demand) -> Event:
     return (topics.DEMANDS_ACCEPTED, events.DemandAccepted(demand=mapping.demand_to_pb(x)),
             ids.event_id("demand-accepted", x.demand_id))
@@ -492,11 +503,7 @@ class Demands:
             withdrawn = d.withdraw(demand, uscc=uscc, reason=reason, at=now)
             await store.record_status(conn, demand_id, withdrawn.history[-1])
             evts = _status_events(withdrawn, len(withdrawn.history))
-            changed = [(new, old) for new, old in zip(withdrawn.leads, demand.leads, strict=True) if new != old]
-            for new, _old in changed:
-                await store.save_lead_outcome(conn, new)
-            await store.append_lead_history(conn, [(new, len(old.history)) for new, old in changed])
-            evts += [e for new, old in changed for e in _lead_events(new, uscc, len(old.history) + 1)]
+            evts += await _save_leads(conn, demand.leads, withdrawn.leads, uscc)
             await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
         return withdrawn
 
@@ -519,6 +526,10 @@ class Demands:
                 d.check_transition(head.status, d.DemandStatus.EXPIRED)
                 change = d.StatusChange(d.DemandStatus.EXPIRED, now, d.SERVICE_ACTOR, "valid-until passed")
                 evts.append(await _change_status(conn, head, head.status, change))
+                leads = await store.leads_of_demand(conn, head.demand_id, lock=True)
+                evts += await _save_leads(conn, leads, d.close_leads(
+                    leads, at=now, actor=d.SERVICE_ACTOR, reason="the demand expired: its valid-until passed"),
+                    head.enterprise_uscc)
             await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
         return len(due)
 
@@ -556,6 +567,12 @@ class Demands:
                 return
             inserted = set(await store.insert_leads(conn, outcome.leads))
             evts = []
+            if additional and inserted:  # leads whose clock ran out are over: the demand went on
+                earlier = [x for x in await store.leads_of_demand(conn, demand_id, lock=True)
+                           if x.lead_id not in inserted]
+                evts += await _save_leads(conn, earlier, d.rerouted(
+                    earlier, [x for x in outcome.leads if x.lead_id in inserted], at=now, actor=actor),
+                    head.enterprise_uscc)
             previous = head.status
             for change in outcome.changes:
                 evts.append(await _change_status(conn, head, previous, change,
@@ -623,15 +640,27 @@ class Demands:
             await store.append_lead_history(conn, [(new, len(lead.history))])
             evts = _lead_events(new, head.enterprise_uscc, len(lead.history) + 1)
             leads = [new if x.lead_id == lead_id else x for x in leads]
-            previous = head.status
-            for to in d.demand_progress(head.status, leads, amount_fen=head.amount_fen,
-                                        least_acceptable_amount_fen=head.least_acceptable_amount_fen):
-                d.check_transition(previous, to)
-                change = d.StatusChange(to, now, d.SERVICE_ACTOR, d.progress_reason(to, new))
-                evts.append(await _change_status(conn, head, previous, change))
-                previous = to
+            evts += await self._progress(conn, head, leads, new, now)
             await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
         return new, True
+
+    async def _progress(self, conn: asyncpg.Connection, head: store.DemandHead, leads: list[d.Lead],
+                        changed: d.Lead, now: datetime) -> list[Event]:
+        """Move the demand as its ``leads`` (``changed`` the one that moved) say; once it is FUNDED, close
+        the leads other institutions are still working."""
+        evts: list[Event] = []
+        previous = head.status
+        for to in d.demand_progress(head.status, leads, amount_fen=head.amount_fen,
+                                    least_acceptable_amount_fen=head.least_acceptable_amount_fen):
+            d.check_transition(previous, to)
+            change = d.StatusChange(to, now, d.SERVICE_ACTOR, d.progress_reason(to, changed))
+            evts.append(await _change_status(conn, head, previous, change))
+            previous = to
+        if previous == d.DemandStatus.FUNDED and head.status != d.DemandStatus.FUNDED:
+            evts += await _save_leads(conn, leads, d.close_leads(
+                leads, at=now, actor=d.SERVICE_ACTOR, reason=f"the demand was funded by {changed.institution_id}"),
+                head.enterprise_uscc)
+        return evts
 
     async def record_sla_breach(self, event_id: str, lead_id: str, at: datetime) -> bool:
         """The notifier's ``LeadSlaBreached``: a DELIVERED lead moves to SLA_BREACHED (once per event);
@@ -645,15 +674,18 @@ class Demands:
                 return False
             head = await store.lock_demand(conn, owner[0])  # demand first, then its leads
             assert head is not None
-            lead = next(x for x in await store.leads_of_demand(conn, owner[0], lock=True) if x.lead_id == lead_id)
+            leads = await store.leads_of_demand(conn, owner[0], lock=True)
+            lead = next(x for x in leads if x.lead_id == lead_id)
             if lead.status != d.LeadStatus.DELIVERED:
                 return False
             new = d.lead_transition(lead, d.LeadStatus.SLA_BREACHED, at=at, actor="notifier",
-                                    reason="contact deadline passed; the demand goes to the next-best institution")
+                                    reason=d.sla_breach_reason(head.consent_to_share))
             await store.save_lead_outcome(conn, new)
             await store.append_lead_history(conn, [(new, len(lead.history))])
-            await outbox.append_many(conn, _lead_events(new, head.enterprise_uscc, len(lead.history) + 1),
-                                     schema=self.schema, occurred_at=self.clock())
+            evts = _lead_events(new, head.enterprise_uscc, len(lead.history) + 1)
+            evts += await self._progress(conn, head, [new if x.lead_id == lead_id else x for x in leads], new,
+                                         self.clock())
+            await outbox.append_many(conn, evts, schema=self.schema, occurred_at=self.clock())
         return True
 
     # -- queries ----------------------------------------------------------------------------------------------

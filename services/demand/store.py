@@ -292,14 +292,16 @@ class DemandHead:
     duplicate_of: str
     amount_fen: int
     least_acceptable_amount_fen: int
+    consent_to_share: bool
 
 
-_HEAD_COLS = "demand_id, status, enterprise_uscc, channel, duplicate_of, amount_fen, least_acceptable_amount_fen"
+_HEAD_COLS = ("demand_id, status, enterprise_uscc, channel, duplicate_of, amount_fen, least_acceptable_amount_fen,"
+              " consent_to_share")
 
 
 def _head(r: asyncpg.Record) -> DemandHead:
     return DemandHead(r["demand_id"], d.DemandStatus(r["status"]), r["enterprise_uscc"], r["channel"],
-                      r["duplicate_of"], r["amount_fen"], r["least_acceptable_amount_fen"])
+                      r["duplicate_of"], r["amount_fen"], r["least_acceptable_amount_fen"], r["consent_to_share"])
 
 
 async def lock_demand(conn: asyncpg.Connection, demand_id: str) -> DemandHead | None:

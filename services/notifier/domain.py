@@ -189,8 +189,7 @@ STATUS_LABELS: dict[str, tuple[str, str]] = {
     "APPROVED": ("approved", "已批准"),
     "DISBURSED": ("disbursed", "已放款"),
     "DECLINED": ("declined", "已拒绝"),
-    "SLA_BREACHED": ("did not contact you in time; your demand goes to the next institution",
-                     "未按时联系您，您的需求将转给下一家机构"),
+    "SLA_BREACHED": ("did not contact you in time", "未按时联系您"),  # the reason says whether the demand goes on
 }
 CHANNEL_LABELS: dict[str, tuple[str, str]] = {
     "ONLINE_PORTAL": ("online portal", "线上门户"), "OFFLINE_WINDOW": ("service window", "线下服务窗口"),

@@ -90,12 +90,13 @@ TEMPLATES: dict[tuple[str, str], tuple[str, str]] = {
     ("lead.escalated", "en"): (
         "Escalation: lead {lead_id} missed its contact deadline",
         "Lead {lead_id} (demand {demand_id}, product {product_id}) was not contacted within {sla_hours} hours "
-        "(due {due}). Escalated to {contact}; the demand goes to the next-best institution.",
+        "(due {due}). Escalated to {contact}; with the enterprise's consent, the demand goes on to the next-best "
+        "institution.",
     ),
     ("lead.escalated", "zh"): (
         "升级：线索 {lead_id} 已超过联系时限",
         "线索 {lead_id}（融资需求 {demand_id}，产品 {product_id}）未在 {sla_hours} 小时内联系企业（时限 {due}），"
-        "已升级至 {contact}，该需求将转给下一家金融机构。",
+        "已升级至 {contact}；经企业同意，该需求将转给下一家金融机构。",
     ),
     ("roadshow.notice", "en"): (
         "Roadshow {roadshow_title}: {notice}",

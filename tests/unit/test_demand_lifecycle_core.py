@@ -162,6 +162,43 @@ def test_all_declined_from_any_stage_and_only_when_every_lead_is() -> None:
         d.check_transition(s, S.ALL_DECLINED)
 
 
+def breached(x: d.Lead) -> d.Lead:
+    return d.lead_transition(x, L.SLA_BREACHED, at=NOW, actor="notifier", reason=d.sla_breach_reason(True))
+
+
+def test_leads_whose_clock_ran_out_count_as_not_taken_up() -> None:
+    a, b = breached(lead(1)), lead(2, "ccb-xm")
+    assert progress(S.LEADS_ISSUED, a, b) == []  # b may still call
+    assert progress(S.LEADS_ISSUED, a, breached(b)) == [S.ALL_DECLINED]  # nobody called in time
+    declined = report(b, L.DECLINED, decline_reason=d.DeclineReason.CREDIT_HISTORY)
+    assert progress(S.IN_CONTACT, a, declined) == [S.ALL_DECLINED]
+    assert "no institution took it up" in d.progress_reason(S.ALL_DECLINED, declined)
+
+
+def test_a_breached_lead_expires_once_the_demand_goes_on_to_other_institutions() -> None:
+    a, b = breached(lead(1)), contacted(lead(2, "ccb-xm"))
+    assert d.rerouted((a, b), (), at=NOW, actor="matcher") == (a, b)
+    after = d.rerouted((a, b), (lead(3, "boc"), lead(4, "abc")), at=NOW, actor="matcher")
+    assert [x.status for x in after] == [L.EXPIRED, L.CONTACTED]
+    assert after[0].history[-1].reason == "re-routed: the demand went on to abc, boc"
+
+
+def test_the_breach_reason_says_whether_the_demand_goes_on() -> None:
+    assert "next-best institution" in d.sla_breach_reason(True)
+    assert "consent" in d.sla_breach_reason(False) and "next-best" not in d.sla_breach_reason(False)
+
+
+def test_closing_a_demand_closes_the_leads_still_being_worked() -> None:
+    approved = report(report(contacted(lead(1)), L.UNDER_REVIEW), L.APPROVED, offer_amount_fen=1, offer_rate_bps=1,
+                      offer_term_months=1)
+    declined = report(lead(5, "cib"), L.DECLINED, decline_reason=d.DeclineReason.CREDIT_HISTORY)
+    leads = (approved, contacted(lead(2, "ccb-xm")), lead(3, "boc"), breached(lead(4, "abc")), declined)
+    closed = d.close_leads(leads, at=NOW, actor=d.SERVICE_ACTOR, reason="the demand expired")
+    assert [x.status for x in closed] == [L.APPROVED, L.WITHDRAWN, L.WITHDRAWN, L.EXPIRED, L.DECLINED]
+    assert {x.history[-1].reason for x in closed[1:4]} == {"the demand expired"}
+    assert closed[0] is approved and closed[4] is declined  # an offer made, and a closed lead, stay as they are
+
+
 def test_a_jump_walks_every_step() -> None:
     a = report(report(report(contacted(lead()), L.UNDER_REVIEW), L.APPROVED, offer_amount_fen=1, offer_rate_bps=1,
                       offer_term_months=1), L.DISBURSED, disbursed_amount_fen=5_000_000_00, disbursed_at=NOW)

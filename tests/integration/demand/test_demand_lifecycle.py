@@ -409,18 +409,23 @@ async def test_outcomes_by_grpc_move_the_lead_and_the_demand_to_funded(stubs: St
     assert la.history[2].actor == f"institution:{a}" and la.explanation[0].criterion == "amount_fen"
     assert la.contact.method == ld.CONTACT_METHOD_PHONE and la.offer.rate_bps == 385
     assert la.disbursement.amount_fen == 400 * WAN and la.disbursement.disbursed_at == paid
-    assert shown[lead_b].status == ld.LEAD_STATUS_DELIVERED
+    # b's lead, still only delivered, is closed: its clock stops and its institution is told why
+    assert shown[lead_b].status == ld.LEAD_STATUS_WITHDRAWN
+    assert shown[lead_b].history[-1].reason == f"the demand was funded by {a}"
 
     events = await status_events(bootstrap, demand.demand_id, 6)
     assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6] and events[-1].change.status == dm.DEMAND_STATUS_FUNDED
-    records = await read_topic(bootstrap, topics.LEAD_STATUS_CHANGED.name, lambda f: len(f) >= 8,
+    records = await read_topic(bootstrap, topics.LEAD_STATUS_CHANGED.name, lambda f: len(f) >= 9,
                                lambda r: r.key == demand.demand_id.encode(), linger=1.0)
     changes = sorted((e.lead.lead_id, e.seq, e.change.status) for e in
                       (ld_events.LeadStatusChanged.FromString(r.value) for r in records))
     assert [c for c in changes if c[0] == lead_a] == [(lead_a, n, s) for n, s in enumerate(
         [ld.LEAD_STATUS_CREATED, ld.LEAD_STATUS_DELIVERED, ld.LEAD_STATUS_CONTACTED, ld.LEAD_STATUS_UNDER_REVIEW,
          ld.LEAD_STATUS_APPROVED, ld.LEAD_STATUS_DISBURSED], start=1)]
-    assert len(changes) == 8  # b: created, delivered; each once, the repeated report published nothing
+    assert [c for c in changes if c[0] == lead_b] == [(lead_b, 1, ld.LEAD_STATUS_CREATED),
+                                                      (lead_b, 2, ld.LEAD_STATUS_DELIVERED),
+                                                      (lead_b, 3, ld.LEAD_STATUS_WITHDRAWN)]
+    assert len(changes) == 9  # each once: the repeated report published nothing
 
     # institutions see only their own leads
     mine = await stubs.leads.ListLeads(ld.ListLeadsRequest(page_size=100), metadata=key_of(key_b))
@@ -542,3 +547,35 @@ async def test_leads_added_after_all_declined_reopen_the_demand(stubs: Stubs, pr
     assert statuses(x)[-3:] == [dm.DEMAND_STATUS_ALL_DECLINED, dm.DEMAND_STATUS_MATCHING,
                                 dm.DEMAND_STATUS_LEADS_ISSUED]
     assert {lead.lead_id: lead.status for lead in x.leads}[late.lead_id] == ld.LEAD_STATUS_DELIVERED
+
+
+async def test_a_missed_contact_clock_counts_as_not_taken_up_and_expires_once_the_demand_goes_on(
+        stubs: Stubs, producer) -> None:  # noqa: ANN001
+    (a, _), (b, _) = await register_bank(stubs, "hxb"), await register_bank(stubs, "gdb")
+    demand, (lead_a,) = await demand_with_leads(stubs, producer, [a])
+    breach = matching.LeadSlaBreached(lead_id=lead_a, demand_id=demand.demand_id, institution_id=a,
+                                      breached_at=Timestamp(seconds=int(time.time())))
+    spec = topics.LEAD_SLA_BREACHED
+    await producer.send_and_wait(spec.name, value=breach.SerializeToString(), key=spec.key_of(breach),
+                                 headers=codec.make_headers(spec.event_type, "notifier"))
+    x = await eventually(lambda: get(stubs, demand.demand_id), lambda x: x.status == dm.DEMAND_STATUS_ALL_DECLINED)
+    assert x.status == dm.DEMAND_STATUS_ALL_DECLINED  # its only institution never called: not left waiting
+    assert "did not make contact in time" in x.history[-1].reason
+    assert x.leads[0].status == ld.LEAD_STATUS_SLA_BREACHED
+    assert "next-best institution" in x.leads[0].history[-1].reason  # the enterprise consented to sharing it
+
+    rerouted = ld.Lead(lead_id=ids.lead_id(demand.demand_id, f"{b}-loan"), demand_id=demand.demand_id,
+                       institution_id=b, product_id=f"{b}-loan", product_version=1, origin=ld.LEAD_ORIGIN_SLA_REROUTE,
+                       score=70, rank=1, rules_version="r1", status=ld.LEAD_STATUS_CREATED,
+                       created_at=Timestamp(seconds=int(time.time())))
+    event = matching.DemandMatched(demand_id=demand.demand_id, enterprise_uscc=demand.request.enterprise_uscc,
+                                   leads=[rerouted], additional=True)
+    await producer.send_and_wait(topics.DEMANDS_MATCHED.name, value=event.SerializeToString(),
+                                 key=topics.DEMANDS_MATCHED.key_of(event),
+                                 headers=codec.make_headers(topics.DEMANDS_MATCHED.event_type, "matcher"))
+    x = await eventually(lambda: get(stubs, demand.demand_id), lambda x: len(x.leads) == 2)
+    by_id = {lead.lead_id: lead for lead in x.leads}
+    assert by_id[lead_a].status == ld.LEAD_STATUS_EXPIRED  # DOMAIN.md: SLA_BREACHED -> EXPIRED, re-routed
+    assert by_id[lead_a].history[-1].reason == f"re-routed: the demand went on to {b}"
+    assert by_id[rerouted.lead_id].status == ld.LEAD_STATUS_DELIVERED
+    assert x.status == dm.DEMAND_STATUS_LEADS_ISSUED

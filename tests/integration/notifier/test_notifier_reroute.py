@@ -1,6 +1,6 @@
 """Demand, matcher and notifier together on the real broker and PostgreSQL, one settable clock for
 the demand service and the notifier: a lead whose institution never reports contact is reminded,
-escalated, marked SLA_BREACHED by the demand service, and re-routed by the matcher."""
+escalated, marked SLA_BREACHED by the demand service, re-routed by the matcher, and then EXPIRED."""
 
 from __future__ import annotations
 
@@ -110,10 +110,13 @@ async def test_an_uncontacted_lead_is_reminded_escalated_and_rerouted(
         assert escalation.lead_id == late.lead_id
         await _clock(clocks, late.lead_id, cpb.CLOCK_STATE_BREACHED)
 
-        # The demand service records the breach; the matcher re-routes to rr3, whose clock starts.
+        # The demand service records the breach; the matcher re-routes to rr3, whose clock starts, and
+        # the breached lead expires (DOMAIN.md: SLA_BREACHED -> EXPIRED, a new lead goes to the next one).
         after = await eventually(get, lambda d: len(d.leads) == 4, timeout=30)
         states = {lead.institution_id: lead for lead in after.leads}
-        assert states[banks[0]].status == lead_pb2.LEAD_STATUS_SLA_BREACHED
+        assert [h.status for h in states[banks[0]].history][-2:] == [lead_pb2.LEAD_STATUS_SLA_BREACHED,
+                                                                     lead_pb2.LEAD_STATUS_EXPIRED]
+        assert states[banks[0]].history[-1].reason == f"re-routed: the demand went on to {banks[3]}"
         assert states[banks[3]].origin == lead_pb2.LEAD_ORIGIN_SLA_REROUTE
         c = await _clock(clocks, states[banks[3]].lead_id, cpb.CLOCK_STATE_RUNNING)
         rerouted = states[banks[3]].lead_id
