@@ -82,6 +82,11 @@ async def _save_leads(conn: asyncpg.Connection, before: Sequence[d.Lead], after:
     return [e for new, old in changed for e in _lead_events(new, uscc, len(old.history) + 1)]
 
 
+def _enterprise_changed(e: d.Enterprise, created: bool) -> Event:
+    return (topics.ENTERPRISES_CHANGED, mapping.enterprise_changed(e, created),
+            ids.event_id("enterprise-changed", e.uscc, str(e.version)))
+
+
 def _accepted_event(x: d.Demand) -> Event:
     return (topics.DEMANDS_ACCEPTED, events.DemandAccepted(demand=mapping.demand_to_pb(x)),
             ids.event_id("demand-accepted", x.demand_id))
@@ -97,9 +102,6 @@ class Enterprises:
         self.schema = schema
         self.clock = clock
 
-    def _changed(self, e: d.Enterprise, created: bool) -> Event:
-        return (topics.ENTERPRISES_CHANGED, mapping.enterprise_changed(e, created),
-                ids.event_id("enterprise-changed", e.uscc, str(e.version)))
 
     async def register(self, e: d.Enterprise) -> tuple[d.Enterprise, bool]:
         """Register ``e``. The same content again is a no-op (created=False); other content for a
@@ -115,7 +117,7 @@ class Enterprises:
                     return existing, False
                 raise AlreadyExists(f"enterprise {e.uscc} is already registered with other details; "
                                     "use UpdateEnterprise to change it")
-            await outbox.append_many(conn, [self._changed(stored, True)], schema=self.schema, occurred_at=now)
+            await outbox.append_many(conn, [_enterprise_changed(stored, True)], schema=self.schema, occurred_at=now)
             return stored, True
 
     async def update(self, e: d.Enterprise, paths: Sequence[str], expected_version: int = 0
@@ -134,7 +136,7 @@ class Enterprises:
             if wanted.same_content(current):
                 return current, False
             stored = await store.update_enterprise(conn, wanted, now)
-            await outbox.append_many(conn, [self._changed(stored, False)], schema=self.schema, occurred_at=now)
+            await outbox.append_many(conn, [_enterprise_changed(stored, False)], schema=self.schema, occurred_at=now)
             return stored, True
 
     async def get(self, uscc: str) -> d.Enterprise:
@@ -641,6 +643,10 @@ class Demands:
             evts = _lead_events(new, head.enterprise_uscc, len(lead.history) + 1)
             leads = [new if x.lead_id == lead_id else x for x in leads]
             evts += await self._progress(conn, head, leads, new, now)
+            if new.status == d.LeadStatus.DISBURSED:  # no longer a first-time borrower, for later demands
+                borrowed = await store.mark_borrowed(conn, head.enterprise_uscc, now)
+                if borrowed is not None:
+                    evts.append(_enterprise_changed(borrowed, False))
             await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
         return new, True
 

@@ -71,6 +71,14 @@ async def update_enterprise(conn: asyncpg.Connection, e: d.Enterprise, now: date
     return _enterprise(row)
 
 
+async def mark_borrowed(conn: asyncpg.Connection, uscc: str, now: datetime) -> d.Enterprise | None:
+    """The enterprise has borrowed (a loan of its was disbursed): one version up with ``has_borrowed``;
+    None if it had borrowed before (or is not registered)."""
+    row = await conn.fetchrow("UPDATE enterprises SET has_borrowed = true, version = version + 1, updated_at = $2"
+                              f" WHERE uscc = $1 AND NOT has_borrowed RETURNING {_ENTERPRISE_COLS}", uscc, now)
+    return _enterprise(row) if row else None
+
+
 @dataclass(frozen=True)
 class EnterpriseFilter:
     region_prefix: str = ""  # 6-digit code or 2-digit province prefix

@@ -409,6 +409,13 @@ async def test_outcomes_by_grpc_move_the_lead_and_the_demand_to_funded(stubs: St
     assert la.history[2].actor == f"institution:{a}" and la.explanation[0].criterion == "amount_fen"
     assert la.contact.method == ld.CONTACT_METHOD_PHONE and la.offer.rate_bps == 385
     assert la.disbursement.amount_fen == 400 * WAN and la.disbursement.disbursed_at == paid
+    # the enterprise has borrowed now: it is no longer a first-time borrower for its next demands
+    borrower = (await stubs.enterprises.GetEnterprise(ent.GetEnterpriseRequest(
+        uscc=demand.request.enterprise_uscc))).enterprise
+    assert borrower.has_borrowed and borrower.version == 2
+    changed = await read_topic(bootstrap, topics.ENTERPRISES_CHANGED.name, lambda f: len(f) >= 2,
+                               lambda r: r.key == demand.request.enterprise_uscc.encode())
+    assert [ent_events.EnterpriseChanged.FromString(r.value).enterprise.has_borrowed for r in changed] == [False, True]
     # b's lead, still only delivered, is closed: its clock stops and its institution is told why
     assert shown[lead_b].status == ld.LEAD_STATUS_WITHDRAWN
     assert shown[lead_b].history[-1].reason == f"the demand was funded by {a}"
