@@ -58,9 +58,11 @@ from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.demand.v1 import demand_pb2
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.enterprise.v1 import enterprise_pb2
+from finmesh.institution.v1 import events_pb2 as institution_events
+from finmesh.institution.v1 import institution_pb2
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import codec, db, topics
+from meshkit import apikeys, codec, db, topics
 from meshkit.kafka import ensure_topics, make_producer
 from services.matcher import domain, mapping
 
@@ -328,6 +330,24 @@ async def idle_broker(pid: int, console: Console, below: float = 0.15, quiet_s: 
             return
         last = now
     console.print("  the broker did not become idle; measuring anyway")
+
+
+async def announce_institution(bootstrap: str, institution_id: str) -> str:
+    """Publish the InstitutionChanged the demand service (not run here) would, with a new API key's
+    digest; returns the key."""
+    key = apikeys.new()
+    msg = institution_events.InstitutionChanged(
+        institution=institution_pb2.Institution(institution_id=institution_id, name=institution_id, version=1),
+        created=True, api_key_sha256=apikeys.digest(key))
+    producer = make_producer(bootstrap, "bench-institutions")
+    await producer.start()
+    try:
+        spec = topics.INSTITUTIONS_CHANGED
+        await producer.send_and_wait(spec.name, value=msg.SerializeToString(), key=spec.key_of(msg),
+                                     headers=codec.make_headers(spec.event_type, "bench"))
+    finally:
+        await producer.stop()
+    return key
 
 
 async def publish(producer: AIOKafkaProducer, demands: list[demand_pb2.Demand], rate: float | None,
@@ -728,6 +748,7 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
             await conn.execute("UPDATE matcher.open_demands SET open = false")  # exactly the seeded ones are open
             await conn.close()
             await seed_open_demands(database_url, open_demands, topics.DEMANDS_ACCEPTED.partitions)
+            key = await announce_institution(bootstrap, banks[0])  # its key authenticates the upsert below
             matcher = Matcher(database_url, bootstrap, folder, group)  # a restart: it resumes from its offsets
             began = time.monotonic()
             ready = await matcher.start(timeout=600)
@@ -753,7 +774,7 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
             began = time.monotonic()
             async with grpc.aio.insecure_channel(matcher.address) as channel:
                 await catalog_grpc.CatalogServiceStub(channel).UpsertProduct(
-                    catalog.UpsertProductRequest(product=new), timeout=30)
+                    catalog.UpsertProductRequest(product=new), timeout=30, metadata=((apikeys.HEADER, key),))
             await watcher
             figures["reverse join: demands the product fits"] = len(wanted)
             figures["reverse join: leads on the topic"] = len(seen)

@@ -1,15 +1,21 @@
 """Institutions' API keys. The demand service issues one when an institution registers (and on
 rotation) and keeps only its SHA-256, which it also publishes in ``InstitutionChanged``; the
 institution's systems send the key in the gRPC metadata ``x-api-key``, and any service checks it
-against that digest."""
+against that digest, kept in its schema's ``institution_keys`` (:func:`learn`, :func:`authenticate`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 
+import asyncpg
 import grpc
+
+from finmesh.institution.v1 import events_pb2 as institution_events
+from meshkit import codec
+from meshkit.errors import PermissionDenied, Unavailable
 
 HEADER = "x-api-key"
 PREFIX = "fmk_"
@@ -35,3 +41,55 @@ def from_context(context: grpc.aio.ServicerContext) -> str:
         if key == HEADER:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return ""
+
+
+# -- checking a key, in any service --------------------------------------------------------------------
+
+
+async def learn(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, version: int, key_digest: str
+                ) -> None:
+    """Keep the digest of an institution's current key, from its ``InstitutionChanged`` (the latest
+    version wins; replays and reordered events change nothing)."""
+    await conn.execute(
+        "INSERT INTO institution_keys VALUES ($1, $2, $3) ON CONFLICT (institution_id) DO UPDATE"
+        " SET version = excluded.version, api_key_sha256 = excluded.api_key_sha256"
+        " WHERE institution_keys.version < excluded.version",
+        institution_id, version, key_digest,
+    )
+
+
+def learner(pool: asyncpg.Pool) -> Callable[[codec.Envelope], Awaitable[None]]:
+    """A consumer of ``demand.institution-changed.v1`` that only learns the keys (:func:`learn`), for a
+    service that needs nothing else of institutions."""
+
+    async def handle(env: codec.Envelope) -> None:
+        assert isinstance(env.message, institution_events.InstitutionChanged)
+        i = env.message.institution
+        if not i.institution_id:
+            raise codec.PoisonMessage("unusable InstitutionChanged: institution.institution_id is empty")
+        await learn(pool, i.institution_id, i.version, env.message.api_key_sha256)
+
+    return handle
+
+
+async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, key: str) -> None:
+    """Return if ``key`` is the current API key of ``institution_id``; else :class:`PermissionDenied`
+    (no key, or another one), or :class:`Unavailable` while this service has not had the
+    institution's registration (or its key) yet: seconds after it registered, worth retrying."""
+    if not key:
+        raise PermissionDenied(f"a call for institution {institution_id or '?'} needs its API key in the "
+                               f"metadata {HEADER}")
+    known = await conn.fetchval("SELECT api_key_sha256 FROM institution_keys WHERE institution_id = $1",
+                                institution_id)
+    if not known:
+        raise Unavailable(f"institution {institution_id} (or its API key) is not known here yet: its "
+                          "registration arrives within seconds; retry")
+    if not matches(key, known):
+        raise PermissionDenied(f"{HEADER} is not the API key of institution {institution_id}")
+
+
+async def check_caller(pool: asyncpg.Pool, institution_id: str, context: grpc.aio.ServicerContext) -> None:
+    """:func:`authenticate` the caller of a gRPC call made for ``institution_id`` with the key in its
+    metadata (an empty id is left to the call's own validation, which refuses it)."""
+    if institution_id:
+        await authenticate(pool, institution_id, from_context(context))

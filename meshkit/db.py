@@ -55,7 +55,7 @@ RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def migrate(url: str, schema: str, folder: Path) -> list[str]:
-    """Apply the runtime's migrations (outbox, inbox), then the pending ones of ``folder``,
+    """Apply the runtime's migrations (outbox, inbox, institutions' key digests), then the pending ones of ``folder``,
     to ``schema``; returns the names applied."""
     applied: list[str] = []
     conn = await asyncpg.connect(url)

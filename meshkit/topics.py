@@ -200,17 +200,18 @@ ENTERPRISES_CHANGED = TopicSpec(
     description="Every enterprise as registered or changed, latest version per USCC (compacted).",
     dead_letter=ENTERPRISES_CHANGED_DLQ,
 )
-INSTITUTIONS_CHANGED_DLQ = _dlq("demand.institution-changed.v1", owner="notifier, roadshow")
+INSTITUTIONS_CHANGED_DLQ = _dlq("demand.institution-changed.v1", owner="matcher, notifier, roadshow")
 INSTITUTIONS_CHANGED = TopicSpec(
     name="demand.institution-changed.v1",
     message=institution_events.InstitutionChanged,
     key_field="institution.institution_id",
     owner="demand",
-    consumers=("notifier", "roadshow", "read models"),
+    consumers=("matcher", "notifier", "roadshow", "read models"),
     partitions=3,
     compacted=True,
     retention_ms=-1,
-    description="Every institution as registered or changed, latest version per institution id (compacted).",
+    description="Every institution as registered or changed (or its API key issued or rotated), latest version "
+                "per institution id (compacted); the digest of its API key authenticates its calls everywhere.",
     dead_letter=INSTITUTIONS_CHANGED_DLQ,
 )
 DEMAND_STATUS_CHANGED_DLQ = _dlq("demand.demand-status-changed.v1", owner="matcher, notifier, roadshow")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -23,10 +24,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
     parser.add_argument("--seed", type=int, default=dataset.DEFAULT_SEED)
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--keys-file", type=Path, default=runner.DEFAULT_KEYS_FILE,
+                        help="where the demo institutions' API keys are kept between runs "
+                             f"(default {runner.DEFAULT_KEYS_FILE})")
     args = parser.parse_args(argv)
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
-    target = runner.Target(args.demand_addr, args.matcher_addr, args.bootstrap, Console())
+    target = runner.Target(args.demand_addr, args.matcher_addr, args.bootstrap, Console(), keys_file=args.keys_file)
     try:
         asyncio.run(runner.run(target, rate=args.rate, seed=args.seed, duration=args.duration))
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -42,7 +44,7 @@ from finmesh.institution.v1 import institution_pb2_grpc as ins_grpc
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.roadshow.v1 import roadshow_pb2 as rs
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
-from meshkit import codec, ids, topics
+from meshkit import apikeys, codec, ids, topics
 from meshkit.kafka import ensure_topics, make_producer
 
 T = TypeVar("T")
@@ -63,6 +65,25 @@ def lead_topic_pattern() -> str:
     return f"^{re.escape(prefix)}[a-z0-9][a-z0-9-]*{re.escape(suffix)}$"
 
 
+DEFAULT_KEYS_FILE = Path(".stack") / "demo-api-keys.json"
+
+
+def read_keys(path: Path) -> dict[str, str]:
+    """The API keys kept by an earlier run (institution id -> key); none if there is no file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def write_keys(path: Path, keys: dict[str, str]) -> None:
+    """Keep the keys for the next run, readable by this user only (a key is shown once, at registration)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(keys, f, indent=1, sort_keys=True)
+
+
 @dataclass
 class Target:
     """Where the mesh answers."""
@@ -72,6 +93,7 @@ class Target:
     bootstrap_servers: str = "127.0.0.1:9092"
     console: Console = field(default_factory=Console)
     roadshow_addr: str = DEFAULT_ADDRESSES["roadshow"]
+    keys_file: Path = DEFAULT_KEYS_FILE  # the demo institutions' API keys, kept for the next run
 
     @classmethod
     def of(cls, mesh: Any) -> Target:
@@ -83,7 +105,7 @@ class Target:
         console = getattr(mesh, "console", None) or Console()
         if hasattr(mesh, "services") and hasattr(mesh, "grpc_address"):
             return cls(mesh.grpc_address("demand"), mesh.grpc_address("matcher"), mesh.kafka_bootstrap_servers,
-                       console, mesh.grpc_address("roadshow"))
+                       console, mesh.grpc_address("roadshow"), Path(mesh.data_dir) / "demo-api-keys.json")
         bootstrap = getattr(mesh, "bootstrap_servers", None) or mesh.kafka_bootstrap_servers
         return cls(getattr(mesh, "demand_addr", cls.demand_addr), getattr(mesh, "matcher_addr", cls.matcher_addr),
                    bootstrap, console)
@@ -265,6 +287,10 @@ async def _retrying(call: Callable[[], Awaitable[T]], *, patience: float = 30.0)
             delay = min(delay * 2, 2.0)
 
 
+class NoKey(Exception):
+    """An item that cannot be loaded without an institution's API key this run does not have."""
+
+
 async def _each(items: Iterable[T], fn: Callable[[T], Awaitable[bool]], concurrency: int) -> LoadResult:
     """Run ``fn`` (True = created, False = already there) over ``items``, ``concurrency`` at a time."""
     result = LoadResult()
@@ -274,6 +300,10 @@ async def _each(items: Iterable[T], fn: Callable[[T], Awaitable[bool]], concurre
         async with gate:
             try:
                 created = await _retrying(lambda: fn(item))
+            except NoKey as err:
+                result.failed += 1
+                result.first_error = result.first_error or str(err)
+                return
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.ALREADY_EXISTS:
                     result.existing += 1
@@ -300,9 +330,13 @@ async def load(target: Target, data: ds.Dataset, producer: AIOKafkaProducer) -> 
         enterprises = ent_grpc.EnterpriseServiceStub(demand)
         catalog = cat_grpc.CatalogServiceStub(matcher)
 
+        keys = read_keys(target.keys_file)
+
         async def institution(i: ins.Institution) -> bool:
             reply = await institutions.RegisterInstitution(ins.RegisterInstitutionRequest(institution=i),
                                                            timeout=CALL_TIMEOUT)
+            if reply.api_key:  # shown once: when it registered
+                keys[i.institution_id] = reply.api_key
             return reply.created
 
         async def enterprise(e: ent.Enterprise) -> bool:
@@ -311,10 +345,16 @@ async def load(target: Target, data: ds.Dataset, producer: AIOKafkaProducer) -> 
             return reply.created
 
         async def product(p: cat.Product) -> bool:
-            await catalog.UpsertProduct(cat.UpsertProductRequest(product=p), timeout=CALL_TIMEOUT)
+            key = keys.get(p.institution_id)
+            if key is None:
+                raise NoKey(f"no API key for {p.institution_id}: registered by an earlier run whose keys "
+                            f"({target.keys_file}) are gone")
+            await catalog.UpsertProduct(cat.UpsertProductRequest(product=p), timeout=CALL_TIMEOUT,
+                                        metadata=((apikeys.HEADER, key),))
             return True
 
         out["institutions"] = await _each(data.institutions, institution, 16)
+        write_keys(target.keys_file, keys)
         out["enterprises"] = await _each(data.enterprises, enterprise, LOAD_CONCURRENCY)
         by_grpc = [p for p in data.products if p.institution_id not in data.kafka_publishers]
         out["products (gRPC)"] = await _each(by_grpc, product, LOAD_CONCURRENCY)

@@ -1,5 +1,6 @@
 """gRPC: CatalogService (institutions' systems keep their products here), SubscriptionService and
-DemandPoolService (institution-active docking)."""
+DemandPoolService (institution-active docking). A call made for an institution carries its API key
+(``x-api-key``, :mod:`meshkit.apikeys`); reading the catalog needs none."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from finmesh.catalog.v1 import product_pb2_grpc as pb_grpc
 from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.matching.v1 import docking_pb2 as dock
 from finmesh.matching.v1 import docking_pb2_grpc as dock_grpc
-from meshkit import errors
+from meshkit import apikeys, errors
 from meshkit.paging import Page
 from services.matcher import handlers, store
 from services.matcher.view import LiveCatalog
@@ -35,6 +36,7 @@ class CatalogApi(pb_grpc.CatalogServiceServicer):
 
     async def UpsertProduct(self, request: pb.UpsertProductRequest, context: grpc.aio.ServicerContext
                             ) -> pb.UpsertProductResponse:
+        await apikeys.check_caller(self.pool, request.product.institution_id, context)
         product = handlers.prepare(request.product)
         async with self.pool.acquire() as conn, conn.transaction():
             stored, changed = await handlers.upsert_product(conn, product, schema=self.schema)
@@ -44,6 +46,7 @@ class CatalogApi(pb_grpc.CatalogServiceServicer):
 
     async def RetireProduct(self, request: pb.RetireProductRequest, context: grpc.aio.ServicerContext
                             ) -> pb.RetireProductResponse:
+        await apikeys.check_caller(self.pool, request.institution_id, context)
         async with self.pool.acquire() as conn, conn.transaction():
             stored, changed = await handlers.retire_product(conn, request.product_id, request.institution_id,
                                                             schema=self.schema)
@@ -83,16 +86,19 @@ class SubscriptionApi(dock_grpc.SubscriptionServiceServicer):
 
     async def RegisterSubscription(self, request: dock.RegisterSubscriptionRequest,
                                    context: grpc.aio.ServicerContext) -> dock.RegisterSubscriptionResponse:
+        await apikeys.check_caller(self.docking.pool, request.subscription.institution_id, context)
         return dock.RegisterSubscriptionResponse(subscription=await self.docking.register(request.subscription))
 
     async def ListSubscriptions(self, request: dock.ListSubscriptionsRequest,
                                 context: grpc.aio.ServicerContext) -> dock.ListSubscriptionsResponse:
         if not request.institution_id:
             raise errors.ValidationFailed([errors.FieldViolation("institution_id", "is required")])
+        await apikeys.check_caller(self.docking.pool, request.institution_id, context)
         return dock.ListSubscriptionsResponse(subscriptions=await self.docking.list(request.institution_id))
 
     async def DeleteSubscription(self, request: dock.DeleteSubscriptionRequest,
                                  context: grpc.aio.ServicerContext) -> dock.DeleteSubscriptionResponse:
+        await apikeys.check_caller(self.docking.pool, request.institution_id, context)
         await self.docking.delete(request.subscription_id, request.institution_id)
         return dock.DeleteSubscriptionResponse()
 
@@ -105,10 +111,12 @@ class DemandPoolApi(dock_grpc.DemandPoolServiceServicer):
                               context: grpc.aio.ServicerContext) -> dock.ListOpenDemandsResponse:
         if not request.institution_id:
             raise errors.ValidationFailed([errors.FieldViolation("institution_id", "is required")])
+        await apikeys.check_caller(self.docking.pool, request.institution_id, context)
         page = Page.of(request.page_size, "")
         return dock.ListOpenDemandsResponse(demands=await self.docking.open_pool(request.institution_id, page.size))
 
     async def ClaimDemand(self, request: dock.ClaimDemandRequest,
                           context: grpc.aio.ServicerContext) -> dock.ClaimDemandResponse:
+        await apikeys.check_caller(self.docking.pool, request.institution_id, context)
         lead = await self.docking.claim(request.institution_id, request.demand_id, request.product_id)
         return dock.ClaimDemandResponse(lead=lead)

@@ -16,7 +16,7 @@ import asyncpg
 
 from meshkit import apikeys, ids, inbox, log, outbox, topics
 from meshkit.clock import Clock
-from meshkit.errors import NotFound, PermissionDenied, Unavailable
+from meshkit.errors import NotFound, PermissionDenied
 from meshkit.metrics import Metrics
 from meshkit.paging import Page
 from services.notifier import domain, mapping, store
@@ -138,8 +138,9 @@ class Notifier:
         await self._once(consumer, event_id, [domain.for_notice(notice)])
 
     async def on_institution(self, institution_id: str, sla_hours: int, version: int, key_digest: str) -> None:
-        async with self.pool.acquire() as conn:
-            await store.set_institution(conn, institution_id, sla_hours, version, key_digest)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.set_institution_sla(conn, institution_id, sla_hours, version)
+            await apikeys.learn(conn, institution_id, version, key_digest)
 
     async def on_lead_change(self, consumer: str, event_id: str, c: LeadChange) -> None:
         """Start the clock at DELIVERED, stop it at contact, decline, withdrawal (or later); tell the
@@ -248,12 +249,7 @@ class Notifier:
         (:class:`Unavailable` for a key given before the institution's registration has arrived here)."""
         secret = await store.secret_of(conn, institution_id)
         if caller.api_key:
-            key_digest = await store.api_key_digest_of(conn, institution_id)
-            if not key_digest:
-                raise Unavailable(f"institution {institution_id} (or its API key) is not known to the notifier yet: "
-                                  "its registration arrives within seconds; retry")
-            if not apikeys.matches(caller.api_key, key_digest):
-                raise PermissionDenied(f"{apikeys.HEADER} is not the API key of institution {institution_id}")
+            await apikeys.authenticate(conn, institution_id, caller.api_key)
             return bool(secret)
         if secret and caller.secret and secrets.compare_digest(secret, caller.secret):
             return True

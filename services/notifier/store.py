@@ -154,11 +154,6 @@ async def unpark(conn: asyncpg.Connection, demand_id: str) -> list[LeadChange]:
 # -- webhooks and deliveries --------------------------------------------------------------------------------
 
 
-async def api_key_digest_of(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str) -> str | None:
-    """The digest of the institution's API key ("" if none came with its events); None if it is not known."""
-    return await conn.fetchval("SELECT api_key_sha256 FROM institutions WHERE institution_id = $1", institution_id)
-
-
 async def secret_of(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str) -> str:
     return await conn.fetchval("SELECT secret FROM institution_secrets WHERE institution_id = $1",
                                institution_id) or ""
@@ -317,15 +312,12 @@ async def pending_deliveries(pool: asyncpg.Pool) -> int:
 # -- contact policies and clocks ----------------------------------------------------------------------------
 
 
-async def set_institution(conn: asyncpg.Connection, institution_id: str, hours: int, version: int,
-                          key_digest: str) -> None:
-    """Keep an institution's contact SLA and API key digest (the latest version wins)."""
+async def set_institution_sla(conn: asyncpg.Connection, institution_id: str, hours: int, version: int) -> None:
     await conn.execute(
-        "INSERT INTO institutions (institution_id, sla_hours, version, api_key_sha256) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (institution_id) DO UPDATE"
-        " SET sla_hours = excluded.sla_hours, version = excluded.version, api_key_sha256 = excluded.api_key_sha256"
-        " WHERE institutions.version < excluded.version",
-        institution_id, hours, version, key_digest,
+        "INSERT INTO institution_slas VALUES ($1, $2, $3) ON CONFLICT (institution_id) DO UPDATE"
+        " SET sla_hours = excluded.sla_hours, version = excluded.version"
+        " WHERE institution_slas.version < excluded.version",
+        institution_id, hours, version,
     )
 
 
@@ -345,7 +337,7 @@ async def sla_inputs(conn: asyncpg.Connection, institution_id: str, product_id: 
                             institution_id, product_id)
     pol = {r["product_id"]: Policy(r["institution_id"], r["product_id"], r["sla_hours"], r["escalation_contact"],
                                    r["updated_at"]) for r in rows}
-    hours = await conn.fetchval("SELECT sla_hours FROM institutions WHERE institution_id = $1", institution_id)
+    hours = await conn.fetchval("SELECT sla_hours FROM institution_slas WHERE institution_id = $1", institution_id)
     return (pol.get(product_id) if product_id else None), pol.get(""), hours or 0
 
 

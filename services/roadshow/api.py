@@ -6,6 +6,7 @@ import grpc
 
 from finmesh.roadshow.v1 import roadshow_pb2 as pb
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as pb_grpc
+from meshkit import apikeys
 from meshkit.paging import Page
 from services.roadshow import mapping
 from services.roadshow.service import Roadshows
@@ -55,10 +56,12 @@ class RoadshowApi(pb_grpc.RoadshowServiceServicer):
 
     async def RegisterInvestor(self, request: pb.RegisterInvestorRequest, context: Ctx
                                ) -> pb.RegisterInvestorResponse:
+        await apikeys.check_caller(self.roadshows.pool, request.institution_id, context)
         x, created = await self.roadshows.register_investor(request.roadshow_id, request.institution_id)
         return pb.RegisterInvestorResponse(investor=mapping.investor_to_pb(x), created=created)
 
     async def RecordIntent(self, request: pb.RecordIntentRequest, context: Ctx) -> pb.RecordIntentResponse:
+        await apikeys.check_caller(self.roadshows.pool, request.institution_id, context)
         i, created = await self.roadshows.record_intent(mapping.intent_request_from_pb(request))
         return pb.RecordIntentResponse(intent=mapping.intent_to_pb(i), created=created)
 

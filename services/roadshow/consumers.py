@@ -56,7 +56,8 @@ def enterprise_changed(roadshows: Roadshows) -> Handler:
 
 
 def institution_changed(roadshows: Roadshows) -> Handler:
-    """``InstitutionChanged`` → the institution's name and type, for investors' registration."""
+    """``InstitutionChanged`` → the institution's name and type, for investors' registration, and its
+    API key's digest, which authenticates its calls."""
 
     async def handle(env: Envelope) -> None:
         i = env.message.institution  # type: ignore[attr-defined]
@@ -64,7 +65,8 @@ def institution_changed(roadshows: Roadshows) -> Handler:
         check.required("institution.institution_id", i.institution_id)
         check.known("institution.type", i.type, InstitutionType)
         check.raise_if_any()
-        await roadshows.institution_changed(i.institution_id, i.name, int(i.type), i.version)
+        await roadshows.institution_changed(i.institution_id, i.name, int(i.type), i.version,
+                                            env.message.api_key_sha256)  # type: ignore[attr-defined]
 
     return handle
 

@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 from google.protobuf.message import Message
 
-from meshkit import codec, ids, log, outbox, topics
+from meshkit import apikeys, codec, ids, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, require
 from meshkit.metrics import Metrics
@@ -350,8 +350,11 @@ class Roadshows:
     async def enterprise_changed(self, e: r.EnterpriseView, version: int) -> None:
         await store.upsert_enterprise(self.pool, e, version)
 
-    async def institution_changed(self, institution_id: str, name: str, type_: int, version: int) -> None:
-        await store.upsert_institution(self.pool, institution_id, name, type_, version)
+    async def institution_changed(self, institution_id: str, name: str, type_: int, version: int,
+                                  key_digest: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await store.upsert_institution(conn, institution_id, name, type_, version)
+            await apikeys.learn(conn, institution_id, version, key_digest)
 
     async def demand_status_changed(self, demand_id: str, uscc: str, channel: int, status: int, seq: int) -> None:
         await store.upsert_demand_status(self.pool, demand_id, uscc, channel, status, seq)

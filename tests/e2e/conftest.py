@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from institution_keys import as_institution
 from rich.console import Console
 
 from deploy.embedded.supervisor import Mesh, MeshInfo, Ports
@@ -20,6 +21,7 @@ from finmesh.enterprise.v1 import enterprise_pb2 as ent
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2 as inst
 from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
+from meshkit import apikeys
 from services.demand.domain import uscc_check_char
 
 YUAN = 100  # fen
@@ -72,23 +74,24 @@ async def world(mesh: Mesh) -> World:
             )
         ))
         stub = inst_grpc.InstitutionServiceStub(ch)
-        institutions = []
+        institutions, keys = [], {}
         for bank in BANKS:
             reply = await stub.RegisterInstitution(inst.RegisterInstitutionRequest(
                 institution=inst.Institution(institution_id=bank, name=bank.upper(),
                                              type=inst.INSTITUTION_TYPE_BANK)
             ))
             institutions.append(reply.institution)
+            keys[bank] = ((apikeys.HEADER, reply.api_key),)
     products = []
     async with grpc.aio.insecure_channel(info.grpc_address("matcher")) as ch:
         stub = catalog_grpc.CatalogServiceStub(ch)
-        for i, bank in enumerate(BANKS):
-            reply = await stub.UpsertProduct(catalog.UpsertProductRequest(product=catalog.Product(
+        for i, bank in enumerate(BANKS):  # each bank with its key, once the matcher has its registration
+            reply = await as_institution(stub.UpsertProduct, catalog.UpsertProductRequest(product=catalog.Product(
                 product_id=f"{bank}-working-capital", institution_id=bank, name=f"{bank} working capital loan",
                 product_type=catalog.PRODUCT_TYPE_LOAN, loan_category=fin.LOAN_CATEGORY_CREDIT,
                 amount_min_fen=100_000 * YUAN, amount_max_fen=50_000_000 * YUAN,
                 term_min_months=6, term_max_months=60, rate_min_bps=300 + 10 * i, rate_max_bps=900,
                 collateral_required=fin.COLLATERAL_NONE, status=catalog.PRODUCT_STATUS_ACTIVE,
-            )))
+            )), keys[bank])
             products.append(reply.product)
     return World(info, code, institutions, products)

@@ -10,6 +10,7 @@ from types import ModuleType
 
 import asyncpg
 import pytest
+from institution_keys import Keys
 
 from meshkit import topics
 from meshkit.kafka import ensure_topics, make_producer
@@ -65,6 +66,12 @@ async def bootstrap(kafka_broker) -> str:
     """The broker's bootstrap servers, with every registry topic created."""
     await ensure_topics(kafka_broker.bootstrap_servers, topics.concrete())
     return kafka_broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def keys(bootstrap: str) -> Keys:
+    """Institutions' API keys for the session (each one's InstitutionChanged published on first use)."""
+    return Keys(bootstrap)
 
 
 @pytest.fixture(scope="module")

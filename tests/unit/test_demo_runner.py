@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 from rich.console import Console
@@ -24,8 +25,10 @@ def test_the_lead_pattern_matches_lead_topics_only() -> None:
 def test_targets_from_a_mesh_info_or_a_plain_object() -> None:
     console = Console()
     info = SimpleNamespace(services={"demand": 1}, kafka_bootstrap_servers="k:1", console=console,
-                           grpc_address=lambda name: {"demand": "h:1", "matcher": "h:2", "roadshow": "h:4"}[name])
-    assert runner.Target.of(info) == runner.Target("h:1", "h:2", "k:1", console, "h:4")
+                           grpc_address=lambda name: {"demand": "h:1", "matcher": "h:2", "roadshow": "h:4"}[name],
+                           data_dir=Path("/data"))
+    assert runner.Target.of(info) == runner.Target("h:1", "h:2", "k:1", console, "h:4",
+                                                   Path("/data/demo-api-keys.json"))
     plain = SimpleNamespace(demand_addr="a:1", matcher_addr="a:2", bootstrap_servers="b:1", console=console)
     assert runner.Target.of(plain) == runner.Target("a:1", "a:2", "b:1", console)
 
@@ -63,3 +66,11 @@ def test_stats_pair_leads_with_the_demands_sent_and_the_view_renders() -> None:
     console.print(runner.render(stats, 5.0, "loaded"))
     text = console.export_text()
     assert "demands with leads" in text and "1 (100%)" in text and data.enterprises[0].city in text
+
+
+def test_the_demo_keeps_its_institutions_keys_for_the_next_run_readable_by_its_user_only(tmp_path: Path) -> None:
+    path = tmp_path / "stack" / "demo-api-keys.json"
+    assert runner.read_keys(path) == {}  # a first run
+    runner.write_keys(path, {"icbc-xiamen": "fmk_a", "ccb-xiamen": "fmk_b"})
+    assert runner.read_keys(path) == {"icbc-xiamen": "fmk_a", "ccb-xiamen": "fmk_b"}
+    assert path.stat().st_mode & 0o777 == 0o600

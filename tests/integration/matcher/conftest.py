@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from institution_keys import InstitutionAuth, Keys
 from matcher_support import MatcherProcess, matcher_env
 
 from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
@@ -34,8 +35,9 @@ async def matcher(database_url: str, bootstrap: str, demand_group: str,
 
 
 @pytest.fixture(scope="module")
-async def catalog_stub(matcher: MatcherProcess) -> AsyncIterator[catalog_grpc.CatalogServiceStub]:
-    async with grpc.aio.insecure_channel(matcher.address) as channel:
+async def catalog_stub(matcher: MatcherProcess, keys: Keys) -> AsyncIterator[catalog_grpc.CatalogServiceStub]:
+    """CatalogService as institutions' systems call it: each request with its institution's API key."""
+    async with grpc.aio.insecure_channel(matcher.address, interceptors=[InstitutionAuth(keys)]) as channel:
         yield catalog_grpc.CatalogServiceStub(channel)
 
 

@@ -13,6 +13,7 @@ import uuid
 
 import grpc
 import pytest
+from institution_keys import InstitutionAuth
 from matcher_support import publish, read_until
 
 from finmesh.catalog.v1 import product_pb2 as catalog
@@ -247,12 +248,12 @@ async def test_enterprise_active_goes_straight_to_the_product_or_says_why(catalo
     assert "term: 100 months vs 6-60 months" in refused.no_match_explanation
 
 
-async def test_subscriptions_pool_and_claims(matcher, catalog_stub, bootstrap: str) -> None:
+async def test_subscriptions_pool_and_claims(matcher, catalog_stub, bootstrap: str, keys) -> None:  # noqa: ANN001
     run, zone = tag(), f"z-{tag()}"
     sub_bank, pool_bank = f"sub-{run}", f"pool-{run}"
     sub_product = await upsert(catalog_stub, product(f"{run}-s", sub_bank, zone))
     await upsert(catalog_stub, product(f"{run}-p", pool_bank, zone))
-    async with grpc.aio.insecure_channel(matcher.address) as channel:
+    async with grpc.aio.insecure_channel(matcher.address, interceptors=[InstitutionAuth(keys)]) as channel:
         subs = dock_grpc.SubscriptionServiceStub(channel)
         pool = dock_grpc.DemandPoolServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -9,16 +9,20 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from institution_keys import as_institution
 from matcher_support import MatcherProcess, publish, read_until
 
 from finmesh.catalog.v1 import events_pb2 as catalog_events
 from finmesh.catalog.v1 import product_pb2 as catalog
+from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
 from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.demand.v1 import demand_pb2
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.enterprise.v1 import enterprise_pb2
+from finmesh.matching.v1 import docking_pb2 as dock
+from finmesh.matching.v1 import docking_pb2_grpc as dock_grpc
 from finmesh.matching.v1 import events_pb2 as matching_events
-from meshkit import codec, ids, topics
+from meshkit import apikeys, codec, ids, topics
 from meshkit.grpcserver import field_violations
 
 pytestmark = pytest.mark.integration
@@ -43,6 +47,45 @@ def product(product_id: str, institution_id: str, **overrides: object) -> catalo
 
 async def upsert(stub, p: catalog.Product) -> catalog.Product:
     return (await stub.UpsertProduct(catalog.UpsertProductRequest(product=p))).product
+
+
+async def test_only_an_institution_itself_changes_its_products_and_docks_demands(
+        matcher: MatcherProcess, keys, bootstrap: str) -> None:  # noqa: ANN001
+    """Without the interceptor that plays institutions' systems: the bare calls, with and without keys."""
+    bank, other, newcomer = f"bank-{tag()}", f"other-{tag()}", f"new-{tag()}"
+    own, others = await keys.of(bank), await keys.of(other)
+    upsert_req = catalog.UpsertProductRequest(product=product(f"{bank}-loan", bank))
+    async with grpc.aio.insecure_channel(matcher.address) as channel:
+        stub = catalog_grpc.CatalogServiceStub(channel)
+        pool = dock_grpc.DemandPoolServiceStub(channel)
+        subs = dock_grpc.SubscriptionServiceStub(channel)
+        calls = {
+            "UpsertProduct": lambda md: stub.UpsertProduct(upsert_req, metadata=md),
+            "RetireProduct": lambda md: stub.RetireProduct(catalog.RetireProductRequest(
+                product_id=f"{bank}-loan", institution_id=bank), metadata=md),
+            "ListOpenDemands": lambda md: pool.ListOpenDemands(dock.ListOpenDemandsRequest(institution_id=bank),
+                                                               metadata=md),
+            "ClaimDemand": lambda md: pool.ClaimDemand(dock.ClaimDemandRequest(institution_id=bank, demand_id="d"),
+                                                       metadata=md),
+            "ListSubscriptions": lambda md: subs.ListSubscriptions(dock.ListSubscriptionsRequest(institution_id=bank),
+                                                                   metadata=md),
+        }
+        await as_institution(stub.UpsertProduct, upsert_req, own)  # the bank itself, once the matcher knows it
+        for name, call in calls.items():
+            for metadata in ((), others, ((apikeys.HEADER, "fmk_forged"),)):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call(metadata)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, (name, metadata)
+        # An institution whose registration has not reached the matcher yet: retry, not a refusal.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertProduct(catalog.UpsertProductRequest(product=product(f"{newcomer}-loan", newcomer)),
+                                     metadata=((apikeys.HEADER, apikeys.new()),))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        retired = await stub.RetireProduct(catalog.RetireProductRequest(product_id=f"{bank}-loan", institution_id=bank),
+                                           metadata=own)
+        assert retired.product.status == catalog.PRODUCT_STATUS_RETIRED
+        # Reading the catalog needs no key.
+        assert (await stub.GetProduct(catalog.GetProductRequest(product_id=f"{bank}-loan"))).product.version == 2
 
 
 async def test_upsert_refuses_invalid_products_naming_every_field(catalog_stub) -> None:

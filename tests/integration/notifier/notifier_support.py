@@ -9,20 +9,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import grpc
 from aiohttp import web
 from waiting import eventually
 
-from finmesh.institution.v1 import events_pb2 as inst_events
-from finmesh.institution.v1 import institution_pb2 as inst_pb
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.notification.v1 import notification_pb2 as pb
-from meshkit import apikeys, ids, topics
+from meshkit import ids
 from services.notifier import domain
 from services.notifier.domain import RetryPolicy
-from tests.integration.matcher.matcher_support import publish
 
 # Webhook retries fast enough for tests.
 FAST_RETRY = RetryPolicy(max_attempts=4, base_seconds=0.05, cap_seconds=0.5, timeout_seconds=1.0)
@@ -34,35 +30,9 @@ def uid() -> str:
     return uuid.uuid4().hex[:10]
 
 
-Metadata = tuple[tuple[str, str], ...]
-
-
-async def institution(bootstrap: str, inst: str, *, sla_hours: int = 0, version: int = 1) -> Metadata:
-    """Publish ``InstitutionChanged`` for ``inst`` as the demand service does, with the digest of a new
-    API key; returns call metadata carrying that key."""
-    key = apikeys.new()
-    await publish(bootstrap, topics.INSTITUTIONS_CHANGED, inst_events.InstitutionChanged(
-        institution=inst_pb.Institution(institution_id=inst, name="Bank", contact_sla_hours=sla_hours,
-                                        version=version),
-        created=version == 1, api_key_sha256=apikeys.digest(key)))
-    return ((apikeys.HEADER, key),)
-
-
-def with_secret(secret: str) -> Metadata:
+def with_secret(secret: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying an institution's webhook secret."""
     return (("x-webhook-secret", secret),)
-
-
-async def as_institution(call, request, metadata: Metadata, timeout: float = 15.0):  # noqa: ANN001, ANN201
-    """``call(request)`` with ``metadata``, retried while the notifier has not had the institution's
-    ``InstitutionChanged`` yet (UNAVAILABLE)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await call(request, metadata=metadata)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 def matched(demand_id: str, uscc: str, institutions: list[str], **kw: object) -> matching.DemandMatched:

@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from notifier_support import FAST_RETRY, INSTITUTION, as_institution, inbox, institution, lead_changed, matched, uid
+from institution_keys import as_institution, publish_institution
+from notifier_support import FAST_RETRY, INSTITUTION, inbox, lead_changed, matched, uid
 from waiting import eventually
 
 from finmesh.institution.v1 import events_pb2 as inst_events
@@ -57,7 +58,7 @@ async def test_an_uncontacted_lead_is_reminded_then_escalated_and_breached_once(
         notifier: Runtime, stub, clocks, clock, bootstrap: str) -> None:
     inst = f"bank-{uid()}"
     await as_institution(clocks.SetContactPolicy, cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(
-        institution_id=inst, escalation_contact="risk-desk@bank.example")), await institution(bootstrap, inst))
+        institution_id=inst, escalation_contact="risk-desk@bank.example")), await publish_institution(bootstrap, inst))
     lead = await deliver(bootstrap, clock, inst)
     c = await lead_clock(clocks, lead.lead_id)
     assert c.state == cpb.CLOCK_STATE_RUNNING and c.sla_hours == 72 and c.sla_source == "default"
@@ -92,7 +93,7 @@ async def test_contact_stops_the_clock_and_overrides_set_the_sla(notifier: Runti
                                                                  bootstrap: str) -> None:
     inst = f"bank-{uid()}"
     # The institution's own SLA (from the demand service's institution topic) applies to new clocks.
-    key = await institution(bootstrap, inst, sla_hours=24)
+    key = await publish_institution(bootstrap, inst, sla_hours=24)
 
     async def probe() -> cpb.LeadClock:
         return await lead_clock(clocks, (await deliver(bootstrap, clock, inst)).lead_id)
@@ -171,8 +172,8 @@ async def test_two_replicas_fire_each_clock_once(notifier: Runtime, clocks, cloc
 async def test_bad_policies_and_unknown_clocks_are_refused(clocks, bootstrap: str) -> None:
     inst = f"bank-{uid()}"
     policy = cpb.SetContactPolicyRequest(policy=cpb.ContactPolicy(institution_id=inst, sla_hours=24))
-    await institution(bootstrap, inst)
-    for metadata in ((), await institution(bootstrap, f"bank-{uid()}")):  # no key; another institution's
+    await publish_institution(bootstrap, inst)
+    for metadata in ((), await publish_institution(bootstrap, f"bank-{uid()}")):  # no key; another institution's
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await as_institution(clocks.SetContactPolicy, policy, metadata)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

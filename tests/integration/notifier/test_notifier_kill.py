@@ -12,7 +12,8 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from notifier_support import ENTERPRISE, INSTITUTION, Endpoints, Receiver, as_institution, institution, matched
+from institution_keys import as_institution, publish_institution
+from notifier_support import ENTERPRISE, INSTITUTION, Endpoints, Receiver, matched
 from waiting import eventually
 
 from finmesh.notification.v1 import delivery_pb2 as dlv
@@ -63,7 +64,7 @@ async def test_kill_9_mid_burst_gives_exactly_one_notification_per_lead(
         async with Endpoints() as server, grpc.aio.insecure_channel(proc.address) as ch:
             receiver = Receiver()
             reply = await as_institution(dlv_grpc.DeliveryServiceStub(ch).RegisterWebhook, dlv.RegisterWebhookRequest(
-                institution_id=inst, url=server.add("bank", receiver)), await institution(bootstrap, inst))
+                institution_id=inst, url=server.add("bank", receiver)), await publish_institution(bootstrap, inst))
             receiver.secret = reply.secret
 
             producer = make_producer(bootstrap, "test-burst")

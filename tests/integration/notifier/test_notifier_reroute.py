@@ -11,6 +11,7 @@ from datetime import timedelta
 import grpc
 import pytest
 from demand_support import WAN, registered, submit
+from institution_keys import as_institution
 from notifier_support import INSTITUTION, inbox
 from waiting import eventually
 
@@ -25,6 +26,7 @@ from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
 from finmesh.lead.v1 import lead_pb2
 from finmesh.lead.v1 import lead_pb2_grpc as lead_grpc
 from finmesh.notification.v1 import clock_pb2 as cpb
+from meshkit import apikeys
 from meshkit.lifecycle import Runtime
 from services.demand import app as demand_app
 from tests.integration.matcher.matcher_support import MatcherProcess, matcher_env
@@ -72,9 +74,9 @@ async def test_an_uncontacted_lead_is_reminded_escalated_and_rerouted(
             reply = await institutions.RegisterInstitution(inst_pb.RegisterInstitutionRequest(
                 institution=inst_pb.Institution(institution_id=bank, name=bank, type=inst_pb.INSTITUTION_TYPE_BANK)))
             keys[bank] = reply.api_key
-        for i, bank in enumerate(banks):
-            await catalog_grpc.CatalogServiceStub(mch).UpsertProduct(catalog.UpsertProductRequest(
-                product=product(f"{bank}-eq", bank, 300 + 20 * i)))
+        for i, bank in enumerate(banks):  # each bank with its own key, once the matcher has its registration
+            await as_institution(catalog_grpc.CatalogServiceStub(mch).UpsertProduct, catalog.UpsertProductRequest(
+                product=product(f"{bank}-eq", bank, 300 + 20 * i)), ((apikeys.HEADER, keys[bank]),))
 
         class Stubs:  # what demand_support's helpers use
             enterprises = ent_grpc.EnterpriseServiceStub(ch)

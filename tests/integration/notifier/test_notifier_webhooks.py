@@ -9,18 +9,8 @@ import json
 
 import grpc
 import pytest
-from notifier_support import (
-    INSTITUTION,
-    Endpoints,
-    Metadata,
-    Receiver,
-    as_institution,
-    inbox,
-    institution,
-    matched,
-    uid,
-    with_secret,
-)
+from institution_keys import Metadata, as_institution, publish_institution
+from notifier_support import INSTITUTION, Endpoints, Receiver, inbox, matched, uid, with_secret
 from waiting import eventually
 
 from finmesh.lead.v1 import lead_pb2
@@ -41,7 +31,7 @@ async def register(deliveries, inst: str, url: str, metadata: Metadata = ()) -> 
 
 async def first_webhook(deliveries, bootstrap: str, inst: str, url: str) -> dlv.RegisterWebhookResponse:
     """The institution registered (its InstitutionChanged published), then its first webhook, with its API key."""
-    return await register(deliveries, inst, url, await institution(bootstrap, inst))
+    return await register(deliveries, inst, url, await publish_institution(bootstrap, inst))
 
 
 async def listed(deliveries, inst: str, secret: str, ok, timeout: float = 15.0) -> list[dlv.Delivery]:
@@ -174,8 +164,8 @@ async def test_only_the_institution_registers_its_webhooks_with_its_api_key_then
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await deliveries.RegisterWebhook(request, metadata=((apikeys.HEADER, apikeys.new()),))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    key = await institution(bootstrap, inst)
-    stranger_key = await institution(bootstrap, stranger)
+    key = await publish_institution(bootstrap, inst)
+    stranger_key = await publish_institution(bootstrap, stranger)
     # No credentials, another institution's key or a forged one: refused, even for the first webhook.
     for metadata in ((), stranger_key, ((apikeys.HEADER, "fmk_forged"),), with_secret("guess")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -193,7 +183,7 @@ async def test_only_the_institution_registers_its_webhooks_with_its_api_key_then
             await register(deliveries, inst, "http://127.0.0.1:9/c", metadata)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # A rotated key (a new version of the institution): the old one stops working, the new one works.
-    rotated = await institution(bootstrap, inst, version=2)
+    rotated = await publish_institution(bootstrap, inst, version=2)
 
     async def old_key_refused() -> bool:
         try:

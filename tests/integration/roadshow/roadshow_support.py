@@ -63,8 +63,8 @@ async def when_known(call, timeout: float = 20.0):  # noqa: ANN001, ANN201
         try:
             return await call()
         except grpc.aio.AioRpcError as err:
-            if "registered on the platform" in (err.details() or ""):
-                return None
+            if "registered on the platform" in (err.details() or "") or err.code() == grpc.StatusCode.UNAVAILABLE:
+                return None  # its registration (or its API key) has not arrived yet
             return err
 
     result = await eventually(attempt, lambda x: x is not None, timeout=timeout)

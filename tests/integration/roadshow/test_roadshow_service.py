@@ -274,30 +274,34 @@ async def test_an_intent_becomes_a_lead_whose_disbursement_is_the_reports_grante
         roadshow, stubs, replicas, clock, selected, bootstrap: str) -> None:
     x, b, d = selected.roadshow, selected.b, selected.d
     fund, key = await register_institution(stubs, "fund")
-    guarantor, _ = await register_institution(stubs, "guarantor", inst.INSTITUTION_TYPE_GUARANTOR)
+    guarantor, guarantor_key = await register_institution(stubs, "guarantor", inst.INSTITUTION_TYPE_GUARANTOR)
+    metadata = (("x-api-key", key),)
     investor = await when_known(lambda: roadshow.RegisterInvestor(rs.RegisterInvestorRequest(
-        roadshow_id=x.roadshow_id, institution_id=fund)))
+        roadshow_id=x.roadshow_id, institution_id=fund), metadata=metadata))
     assert investor.created and investor.investor.institution_type == inst.INSTITUTION_TYPE_FUND
     refused = await when_known(lambda: roadshow.RegisterInvestor(rs.RegisterInvestorRequest(
-        roadshow_id=x.roadshow_id, institution_id=guarantor)))
+        roadshow_id=x.roadshow_id, institution_id=guarantor), metadata=(("x-api-key", guarantor_key),)))
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and "banks, insurers and funds" in refused.details()
 
     intent = rs.RecordIntentRequest(roadshow_id=x.roadshow_id, institution_id=fund, enterprise_uscc=b,
                                     intended_amount_fen=300 * WAN, instrument=ev.INSTRUMENT_EQUITY, note="series B")
-    err = await rpc_error(roadshow.RecordIntent(intent))
+    # only the fund itself records its intents: not without its key, not with another institution's
+    for other in ((), (("x-api-key", guarantor_key),)):
+        assert (await rpc_error(roadshow.RecordIntent(intent, metadata=other))).code() == \
+            grpc.StatusCode.PERMISSION_DENIED
+    err = await rpc_error(roadshow.RecordIntent(intent, metadata=metadata))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "when it is held" in err.details()
     clock.advance(timedelta(days=5))  # the roadshow is held
     await until_status(roadshow, x.roadshow_id, rs.ROADSHOW_STATUS_HELD)
     err = await rpc_error(roadshow.RecordIntent(rs.RecordIntentRequest(
         roadshow_id=x.roadshow_id, institution_id=fund, enterprise_uscc=d, intended_amount_fen=1,
-        instrument=ev.INSTRUMENT_LOAN)))
+        instrument=ev.INSTRUMENT_LOAN), metadata=metadata))
     assert "not a presenter" in err.details()
-    recorded = await roadshow.RecordIntent(intent)
-    assert recorded.created and not (await roadshow.RecordIntent(intent)).created
+    recorded = await roadshow.RecordIntent(intent, metadata=metadata)
+    assert recorded.created and not (await roadshow.RecordIntent(intent, metadata=metadata)).created
     lead_id = recorded.intent.lead_id
 
     # the demand service made a lead of it for the fund: on its topic, and in its LeadService
-    metadata = (("x-api-key", key),)
     leads = await eventually(lambda: stubs.leads.ListLeads(ld.ListLeadsRequest(), metadata=metadata),
                              lambda reply: len(reply.leads) >= 1, timeout=20)
     (lead,) = leads.leads
