@@ -102,7 +102,6 @@ class Enterprises:
         self.schema = schema
         self.clock = clock
 
-
     async def register(self, e: d.Enterprise) -> tuple[d.Enterprise, bool]:
         """Register ``e``. The same content again is a no-op (created=False); other content for a
         registered USCC is :class:`AlreadyExists` (UpdateEnterprise changes an enterprise)."""
