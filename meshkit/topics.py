@@ -171,7 +171,8 @@ LEAD_SLA_BREACHED = TopicSpec(
     owner="notifier",
     consumers=("matcher", "demand"),
     partitions=6,
-    description="A lead's contact clock ran out; the matcher re-routes the demand to its next-best institution.",
+    description="A lead's contact clock ran out; the matcher re-routes the demand to its next-best institution "
+                "(given the enterprise's consent_to_share).",
     dead_letter=LEAD_SLA_BREACHED_DLQ,
 )
 LEADS = TopicSpec(
