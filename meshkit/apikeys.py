@@ -15,7 +15,7 @@ import grpc
 
 from finmesh.institution.v1 import events_pb2 as institution_events
 from meshkit import codec
-from meshkit.errors import PermissionDenied, Unavailable
+from meshkit.errors import FailedPrecondition, PermissionDenied, Unavailable
 
 HEADER = "x-api-key"
 PREFIX = "fmk_"
@@ -74,16 +74,20 @@ def learner(pool: asyncpg.Pool) -> Callable[[codec.Envelope], Awaitable[None]]:
 
 async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, key: str) -> None:
     """Return if ``key`` is the current API key of ``institution_id``; else :class:`PermissionDenied`
-    (no key, or another one), or :class:`Unavailable` while this service has not had the
-    institution's registration (or its key) yet: seconds after it registered, worth retrying."""
+    (no key, or another one), :class:`Unavailable` while this service has not had the institution's
+    registration yet (seconds after it registered: worth retrying), or :class:`FailedPrecondition`
+    for an institution announced without a key digest (registered before they were published)."""
     if not key:
         raise PermissionDenied(f"a call for institution {institution_id or '?'} needs its API key in the "
                                f"metadata {HEADER}")
     known = await conn.fetchval("SELECT api_key_sha256 FROM institution_keys WHERE institution_id = $1",
                                 institution_id)
-    if not known:
-        raise Unavailable(f"institution {institution_id} (or its API key) is not known here yet: its "
-                          "registration arrives within seconds; retry")
+    if known is None:
+        raise Unavailable(f"institution {institution_id} is not known here yet: its registration arrives "
+                          "within seconds; retry")
+    if not known:  # announced by a release before key digests were published
+        raise FailedPrecondition(f"no API key of institution {institution_id} is known here yet: rotate it once "
+                                 "(InstitutionService.RotateApiKey)")
     if not matches(key, known):
         raise PermissionDenied(f"{HEADER} is not the API key of institution {institution_id}")
 

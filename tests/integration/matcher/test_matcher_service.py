@@ -9,8 +9,9 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from institution_keys import as_institution
+from institution_keys import as_institution, publish_institution
 from matcher_support import MatcherProcess, publish, read_until
+from waiting import eventually
 
 from finmesh.catalog.v1 import events_pb2 as catalog_events
 from finmesh.catalog.v1 import product_pb2 as catalog
@@ -19,6 +20,8 @@ from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.demand.v1 import demand_pb2
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.enterprise.v1 import enterprise_pb2
+from finmesh.institution.v1 import events_pb2 as institution_events
+from finmesh.institution.v1 import institution_pb2
 from finmesh.matching.v1 import docking_pb2 as dock
 from finmesh.matching.v1 import docking_pb2_grpc as dock_grpc
 from finmesh.matching.v1 import events_pb2 as matching_events
@@ -81,6 +84,24 @@ async def test_only_an_institution_itself_changes_its_products_and_docks_demands
             await stub.UpsertProduct(catalog.UpsertProductRequest(product=product(f"{newcomer}-loan", newcomer)),
                                      metadata=((apikeys.HEADER, apikeys.new()),))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # One announced by a release before key digests were published: told to rotate its key, then let in.
+        legacy = f"old-{tag()}"
+        await publish(bootstrap, topics.INSTITUTIONS_CHANGED, institution_events.InstitutionChanged(
+            institution=institution_pb2.Institution(institution_id=legacy, name="Old", version=1), created=True))
+        legacy_upsert = catalog.UpsertProductRequest(product=product(f"{legacy}-loan", legacy))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await as_institution(stub.UpsertProduct, legacy_upsert, ((apikeys.HEADER, apikeys.new()),))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "RotateApiKey" in err.value.details()
+        rotated = await publish_institution(bootstrap, legacy, version=2)
+
+        async def upserted() -> catalog.UpsertProductResponse | None:
+            try:
+                return await stub.UpsertProduct(legacy_upsert, metadata=rotated)
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.FAILED_PRECONDITION  # until the new version arrives
+                return None
+        reply = await eventually(upserted, lambda r: r is not None)
+        assert reply is not None and reply.product.version == 1
         retired = await stub.RetireProduct(catalog.RetireProductRequest(product_id=f"{bank}-loan", institution_id=bank),
                                            metadata=own)
         assert retired.product.status == catalog.PRODUCT_STATUS_RETIRED
