@@ -85,7 +85,7 @@ def demand_matched(demands: Demands) -> Handler:
         msg: matching.DemandMatched = env.message  # type: ignore[assignment]
         leads = tuple(mapping.lead_from_pb(lead) for lead in msg.leads)
         await demands.record_match(env.event_id, msg.demand_id, leads, msg.no_match_explanation,
-                                   additional=msg.additional)
+                                   additional=msg.additional, hints=[h.text for h in msg.hints])
 
     return handle
 

@@ -592,6 +592,7 @@ class Demand:
     history: tuple[StatusChange, ...] = ()
     leads: tuple[Lead, ...] = ()
     no_match_explanation: str = ""
+    no_match_hints: tuple[str, ...] = ()
     duplicate_of: str = ""
     operator_id: str = ""
     updated_at: datetime | None = None
@@ -730,6 +731,7 @@ class MatchOutcome:
     changes: tuple[StatusChange, ...]  # in order; empty when the demand's status stays
     no_match_explanation: str | None = None  # None: leave it as it is
     leads: tuple[Lead, ...] = field(default=())
+    no_match_hints: tuple[str, ...] | None = None  # with the explanation: what would make products eligible
 
 
 # Where leads added to a demand matched before take it (DemandMatched with `additional`).
@@ -738,10 +740,11 @@ _WORKING = frozenset({S.LEADS_ISSUED, S.IN_CONTACT, S.IN_PROCESS})
 
 
 def match_outcome(current: DemandStatus, leads: tuple[Lead, ...], explanation: str, *, at: datetime,
-                  actor: str = "matcher", additional: bool = False) -> MatchOutcome:
+                  actor: str = "matcher", additional: bool = False, hints: Sequence[str] = ()) -> MatchOutcome:
     """The matcher's outcome for a demand in ``current``; its leads are recorded as delivered.
 
-    First match: MATCHING -> LEADS_ISSUED (with leads) or NO_MATCH (with the explanation), else
+    First match: MATCHING -> LEADS_ISSUED (with leads) or NO_MATCH (with the explanation and the
+    ``hints``: what would make products eligible), else
     :class:`FailedPrecondition`. Leads added later (``additional``: a new product, a re-match
     after declines or a missed contact clock, a subscription): a demand being worked keeps its
     status; MATCHING goes to LEADS_ISSUED; NO_MATCH and ALL_DECLINED go back through MATCHING to
@@ -753,10 +756,12 @@ def match_outcome(current: DemandStatus, leads: tuple[Lead, ...], explanation: s
     if not additional:
         if leads:
             check_transition(current, S.LEADS_ISSUED)
-            return MatchOutcome(S.LEADS_ISSUED, (StatusChange(S.LEADS_ISSUED, at, actor, issued),), "", delivered)
+            return MatchOutcome(S.LEADS_ISSUED, (StatusChange(S.LEADS_ISSUED, at, actor, issued),), "", delivered,
+                                no_match_hints=())
         explanation = explanation.strip() or "no eligible product"
         check_transition(current, S.NO_MATCH)
-        return MatchOutcome(S.NO_MATCH, (StatusChange(S.NO_MATCH, at, actor, explanation),), explanation)
+        return MatchOutcome(S.NO_MATCH, (StatusChange(S.NO_MATCH, at, actor, explanation),), explanation,
+                            no_match_hints=tuple(h.strip() for h in hints if h.strip()))
     if not leads or current in _WORKING:
         return MatchOutcome(current, (), None, delivered)
     if current == S.WITHDRAWN:

@@ -170,7 +170,8 @@ def demand_to_pb(x: d.Demand) -> dpb.Demand:
     m = dpb.Demand(
         demand_id=x.demand_id, request=request_to_pb(x.request), channel=int(x.channel),
         idempotency_key=x.idempotency_key, status=int(x.status), no_match_explanation=x.no_match_explanation,
-        enterprise=enterprise_to_pb(x.enterprise), leads=[lead_to_pb(lead) for lead in x.leads],
+        no_match_hints=list(x.no_match_hints), enterprise=enterprise_to_pb(x.enterprise),
+        leads=[lead_to_pb(lead) for lead in x.leads],
         duplicate_of=x.duplicate_of, operator_id=x.operator_id,
     )
     set_ts(m.submitted_at, x.submitted_at)

@@ -63,7 +63,7 @@ def _lead_events(lead: d.Lead, uscc: str, from_seq: int = 1) -> list[Event]:
 
 
 async def _change_status(conn: asyncpg.Connection, head: store.DemandHead, previous: d.DemandStatus,
-                         change: d.StatusChange, **kw: str) -> Event:
+                         change: d.StatusChange, **kw: object) -> Event:
     """Record one demand status change (already checked by the core) and return its event."""
     seq = await store.record_status(conn, head.demand_id, change, **kw)
     msg = mapping.status_changed(demand_id=head.demand_id, uscc=head.enterprise_uscc, channel=head.channel,
@@ -549,7 +549,8 @@ class Demands:
     # -- the matcher's outcome --------------------------------------------------------------------------------
 
     async def record_match(self, event_id: str, demand_id: str, leads: tuple[d.Lead, ...], explanation: str, *,
-                           additional: bool = False, actor: str = "matcher", announce: Sequence[Event] = ()) -> None:
+                           additional: bool = False, actor: str = "matcher", announce: Sequence[Event] = (),
+                           hints: Sequence[str] = ()) -> None:
         """Store the matcher's leads (DELIVERED) and move the demand to LEADS_ISSUED or NO_MATCH, once
         per event; leads added later (``additional``) as :func:`domain.match_outcome` says. ``announce``:
         more events for the same transaction (a roadshow intent's ``LeadIssued``)."""
@@ -562,7 +563,8 @@ class Demands:
                 logger.warning("match outcome for an unknown demand; ignored", demand_id=demand_id)
                 return
             try:
-                outcome = d.match_outcome(head.status, leads, explanation, at=now, additional=additional, actor=actor)
+                outcome = d.match_outcome(head.status, leads, explanation, at=now, additional=additional, actor=actor,
+                                          hints=hints)
             except FailedPrecondition as err:  # e.g. withdrawn meanwhile: the outcome no longer applies
                 logger.warning("match outcome ignored", demand_id=demand_id, reason=str(err))
                 return
@@ -577,7 +579,8 @@ class Demands:
             previous = head.status
             for change in outcome.changes:
                 evts.append(await _change_status(conn, head, previous, change,
-                                                 no_match_explanation=outcome.no_match_explanation))
+                                                 no_match_explanation=outcome.no_match_explanation,
+                                                 no_match_hints=outcome.no_match_hints))
                 previous = change.status
             evts += [e for lead in outcome.leads if lead.lead_id in inserted
                      for e in _lead_events(lead, head.enterprise_uscc)]

@@ -319,19 +319,21 @@ async def lock_demand(conn: asyncpg.Connection, demand_id: str) -> DemandHead | 
 
 
 async def record_status(conn: asyncpg.Connection, demand_id: str, change: d.StatusChange, *,
-                        no_match_explanation: str | None = None) -> int:
+                        no_match_explanation: str | None = None, no_match_hints: Sequence[str] | None = None) -> int:
     """Set the demand's status and append the change to its history (one round trip); returns the
-    change's position in the history."""
+    change's position in the history. The no-match explanation and hints change only when given."""
     return await conn.fetchval(
         "WITH upd AS ("
         " UPDATE demands SET status = $2, updated_at = $3,"
-        "  no_match_explanation = COALESCE($6, no_match_explanation)"
+        "  no_match_explanation = COALESCE($6, no_match_explanation),"
+        "  no_match_hints = COALESCE($7::text[], no_match_hints)"
         " WHERE demand_id = $1 RETURNING demand_id)"
         " INSERT INTO demand_history (demand_id, seq, status, at, actor, reason)"
         " SELECT upd.demand_id,"
         "  (SELECT COALESCE(max(seq), 0) + 1 FROM demand_history WHERE demand_id = $1), $2, $3, $4, $5 FROM upd"
         " RETURNING seq",
         demand_id, int(change.status), change.at, change.actor, change.reason, no_match_explanation,
+        None if no_match_hints is None else list(no_match_hints),
     )
 
 
@@ -465,7 +467,8 @@ def _demand(row: asyncpg.Record, history: Sequence[asyncpg.Record], leads: Seque
         status=d.DemandStatus(row["status"]), submitted_at=row["submitted_at"],
         enterprise=d.Enterprise.from_json(json.loads(row["enterprise"])),
         history=tuple(d.StatusChange(d.DemandStatus(h["status"]), h["at"], h["actor"], h["reason"]) for h in history),
-        leads=tuple(leads), no_match_explanation=row["no_match_explanation"], duplicate_of=row["duplicate_of"],
+        leads=tuple(leads), no_match_explanation=row["no_match_explanation"],
+        no_match_hints=tuple(row["no_match_hints"]), duplicate_of=row["duplicate_of"],
         operator_id=row["operator_id"], updated_at=row["updated_at"],
     )
 

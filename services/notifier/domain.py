@@ -65,6 +65,7 @@ class MatchOutcome:
     leads: tuple[LeadRef, ...]
     no_match_explanation: str = ""
     additional: bool = False  # leads added to a demand matched before (a re-match)
+    hints: tuple[str, ...] = ()  # no match: what would make products eligible, best first (the first: explanation)
     origin: str = ""  # of the added leads, e.g. "SLA_REROUTE", "REMATCH_AFTER_DECLINE"
 
 
@@ -105,6 +106,12 @@ def _compose(fact: str, kind: RecipientKind, recipient_id: str, what: str, at: d
         kind=what, title=title, body=body, title_zh=title_zh, body_zh=body_zh, created_at=at,
         demand_id=demand_id, lead_id=lead_id,
     )
+
+
+def _more(hints: tuple[str, ...]) -> tuple[str, str]:
+    """The hints beyond the first (which the explanation gives), as a sentence in each language."""
+    rest = "; ".join(hints[1:])
+    return (f" Other changes that would help: {rest}.", f"其他可行的调整：{rest}。") if rest else ("", "")
 
 
 def problems(outcome: MatchOutcome) -> list[str]:
@@ -148,6 +155,7 @@ def for_match(outcome: MatchOutcome, at: datetime, *, sla_days: int = DEFAULT_SL
             f"{DEMAND_NO_MATCH}:{outcome.demand_id}", RecipientKind.ENTERPRISE, outcome.enterprise_uscc,
             DEMAND_NO_MATCH, at, demand_id=outcome.demand_id,
             explanation=outcome.no_match_explanation or "no eligible product",
+            localized={"more": _more(outcome.hints)},
         ))
     for lead in outcome.leads:
         due = lead.contact_due_at.strftime("%Y-%m-%d %H:%M UTC") if lead.contact_due_at else f"{sla_days} days"

@@ -48,6 +48,7 @@ def match_outcome(msg: matching.DemandMatched) -> MatchOutcome:
         ),
         no_match_explanation=msg.no_match_explanation,
         additional=msg.additional,
+        hints=tuple(h.text for h in msg.hints if h.text),
         origin=origins.pop() if len(origins) == 1 else "",
     )
 

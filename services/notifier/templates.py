@@ -21,11 +21,11 @@ TEMPLATES: dict[tuple[str, str], tuple[str, str]] = {
     ),
     ("demand.no_match", "en"): (
         "No product fits your financing demand yet",
-        "No product matched your demand {demand_id}: {explanation}",
+        "No product matched your demand {demand_id}: {explanation}.{more}",
     ),
     ("demand.no_match", "zh"): (
         "暂未匹配到合适的金融产品",
-        "您的融资需求 {demand_id} 暂未匹配到金融产品：{explanation}",
+        "您的融资需求 {demand_id} 暂未匹配到金融产品：{explanation}。{more}",
     ),
     ("lead.issued", "en"): (
         "New lead for product {product_id}",

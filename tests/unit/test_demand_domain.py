@@ -202,9 +202,14 @@ def test_match_outcome() -> None:
     lead = d.Lead(lead_id="l", demand_id="x", institution_id="icbc-xiamen", product_id="p", product_version=1,
                   origin=1, score=80, rank=1, explanation=(), rules_version="v1", status=1, created_at=NOW,
                   contact_due_at=NOW + timedelta(hours=72))
-    assert d.match_outcome(S.MATCHING, (lead,), "", at=NOW).status == S.LEADS_ISSUED
-    none = d.match_outcome(S.MATCHING, (), "term too long: extend to 24 months", at=NOW)
+    issued = d.match_outcome(S.MATCHING, (lead,), "", at=NOW, hints=["ignored"])
+    assert issued.status == S.LEADS_ISSUED and issued.no_match_hints == ()
+    none = d.match_outcome(S.MATCHING, (), "term too long: extend to 24 months", at=NOW,
+                           hints=["a term of 24 months would make 3 products eligible", " "])
     assert none.status == S.NO_MATCH and none.no_match_explanation.startswith("term too long")
+    assert none.no_match_hints == ("a term of 24 months would make 3 products eligible",)
+    later = d.match_outcome(S.LEADS_ISSUED, (lead,), "", at=NOW, additional=True)
+    assert later.no_match_explanation is None and later.no_match_hints is None  # left as they are
     with pytest.raises(FailedPrecondition):
         d.match_outcome(S.WITHDRAWN, (lead,), "", at=NOW)
 

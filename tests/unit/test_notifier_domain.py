@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -44,11 +45,19 @@ def test_a_match_notifies_the_enterprise_and_each_institution() -> None:
     assert all(n.created_at == AT for n in notes)
 
 
-def test_no_match_carries_the_explanation() -> None:
+def test_no_match_carries_the_explanation_and_every_other_hint() -> None:
     [note] = domain.for_match(outcome(explanation="rate cap below every product"), AT)
     assert note.kind == "demand.no_match"
-    assert note.body.endswith("rate cap below every product")
+    assert note.body.endswith("rate cap below every product.")
     assert note.text("zh-CN") == (note.title_zh, note.body_zh)
+    hinted = replace(outcome(explanation="none of 9 fits; a term of 24 months would make 3 products eligible"),
+                     hints=("a term of 24 months would make 3 products eligible",
+                            "adding equipment as collateral would make 2 more eligible"))
+    [note] = domain.for_match(hinted, AT)
+    assert note.body.endswith("eligible. Other changes that would help: adding equipment as collateral would "
+                              "make 2 more eligible.")
+    assert note.body.count("a term of 24 months") == 1  # the first hint is the explanation's own
+    assert "其他可行的调整：adding equipment" in note.body_zh
 
 
 def test_ids_are_stable_and_depend_on_the_fact_and_recipient() -> None:

@@ -233,7 +233,12 @@ async def test_no_match_is_recorded_with_its_explanation(stubs: Stubs, producer)
     demand = (await stubs.demands.SubmitDemand(dm.SubmitDemandRequest(request_id=f"req-{uuid.uuid4()}",
                                                                      demand=demand_request(uscc)))).demand
     why = "no product lends 24 months at 4.50%: accept 5.20% and 2 products fit"
-    event = matching.DemandMatched(demand_id=demand.demand_id, enterprise_uscc=uscc, no_match_explanation=why)
+    hints = [matching.MatchHint(criterion="rate", suggestion="520", products=2,
+                                text="accepting a rate up to 5.20% would make 2 products eligible"),
+             matching.MatchHint(criterion="term", suggestion="36", products=1,
+                                text="a term of 36 months would make 1 product eligible")]
+    event = matching.DemandMatched(demand_id=demand.demand_id, enterprise_uscc=uscc, no_match_explanation=why,
+                                   hints=hints)
     spec = topics.DEMANDS_MATCHED
     await producer.send_and_wait(spec.name, value=event.SerializeToString(), key=spec.key_of(event),
                                  headers=codec.make_headers(spec.event_type, "matcher"))
@@ -243,6 +248,7 @@ async def test_no_match_is_recorded_with_its_explanation(stubs: Stubs, producer)
 
     got = await eventually(get, lambda x: x.status == dm.DEMAND_STATUS_NO_MATCH)
     assert got.status == dm.DEMAND_STATUS_NO_MATCH and got.no_match_explanation == why
+    assert list(got.no_match_hints) == [h.text for h in hints]  # every hint, best first, not only the one in why
     assert not got.leads and got.history[-1].reason == why
 
 
