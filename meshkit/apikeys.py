@@ -16,6 +16,7 @@ import grpc
 from finmesh.institution.v1 import events_pb2 as institution_events
 from meshkit import codec
 from meshkit.errors import FailedPrecondition, PermissionDenied, Unavailable
+from meshkit.grpcserver import metadata
 
 HEADER = "x-api-key"
 PREFIX = "fmk_"
@@ -37,10 +38,7 @@ def matches(key: str, key_digest: str) -> bool:
 
 def from_context(context: grpc.aio.ServicerContext) -> str:
     """The caller's API key from the metadata (empty if none)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == HEADER:
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return ""
+    return metadata(context, HEADER)
 
 
 # -- checking a key, in any service --------------------------------------------------------------------

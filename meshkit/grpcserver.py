@@ -51,6 +51,14 @@ def to_status(err: errors.DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def metadata(context: grpc.aio.ServicerContext, name: str) -> str:
+    """The value of the call's metadata ``name``, stripped ("" if absent)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return (value if isinstance(value, str) else value.decode(errors="replace")).strip()
+    return ""
+
+
 def field_violations(err: grpc.aio.AioRpcError | grpc.RpcError) -> dict[str, str]:
     """For clients and tests: the fields an INVALID_ARGUMENT error names."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]

@@ -83,15 +83,18 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: flo
         await admin.close()
 
 
-async def align_topic_configs(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+async def align_topic_configs(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
+                              existing: set[str] | None = None) -> list[str]:
     """Give each existing topic of ``specs`` exactly its declared configs (:meth:`TopicSpec.configs`)
     where they differ: a topic created by an older release keeps the configs it was created with
-    otherwise. Returns the names of the topics altered; topics that do not exist are left out."""
+    otherwise. Returns the names of the topics altered; topics that do not exist are left out
+    (``existing``: the topics known to exist, to skip listing the cluster's)."""
     declared = {s.name: s.configs() for s in specs}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await asyncio.wait_for(admin.start(), timeout)
     try:
-        names = sorted(set(declared) & set(await admin.list_topics()))
+        existing = existing if existing is not None else set(await admin.list_topics())
+        names = sorted(set(declared) & existing)
         if not names:
             return []
         described = await admin.describe_configs(

@@ -33,17 +33,22 @@ async def publish_institution(bootstrap: str, institution_id: str, *, sla_hours:
     return ((apikeys.HEADER, key),)
 
 
-async def as_institution(call: Callable[..., Awaitable[Any]], request: Message, metadata: Metadata,
-                         timeout: float = RETRY_SECONDS) -> Any:
-    """``call(request)`` with ``metadata``, retried while the service does not know the institution yet."""
+async def until_known(attempt: Callable[[], Awaitable[Any]], timeout: float = RETRY_SECONDS) -> Any:
+    """``attempt()``, again while it fails with UNAVAILABLE: the service does not know the institution yet."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await call(request, metadata=metadata)
+            return await attempt()
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+
+
+async def as_institution(call: Callable[..., Awaitable[Any]], request: Message, metadata: Metadata,
+                         timeout: float = RETRY_SECONDS) -> Any:
+    """``call(request)`` with ``metadata``, retried while the service does not know the institution yet."""
+    return await until_known(lambda: call(request, metadata=metadata), timeout)
 
 
 class Keys:
@@ -81,12 +86,7 @@ class InstitutionAuth(grpc.aio.UnaryUnaryClientInterceptor):
         metadata = (*(client_call_details.metadata or ()), *(await self.keys.of(institution_id)))
         details = grpc.aio.ClientCallDetails(client_call_details.method, client_call_details.timeout, metadata,
                                              client_call_details.credentials, client_call_details.wait_for_ready)
-        deadline = time.monotonic() + RETRY_SECONDS
-        while True:
-            call = await continuation(details, request)
-            try:
-                return await call
-            except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.05)
+
+        async def attempt() -> Any:
+            return await (await continuation(details, request))
+        return await until_known(attempt)

@@ -105,7 +105,7 @@ class Target:
         console = getattr(mesh, "console", None) or Console()
         if hasattr(mesh, "services") and hasattr(mesh, "grpc_address"):
             return cls(mesh.grpc_address("demand"), mesh.grpc_address("matcher"), mesh.kafka_bootstrap_servers,
-                       console, mesh.grpc_address("roadshow"), Path(mesh.data_dir) / "demo-api-keys.json")
+                       console, mesh.grpc_address("roadshow"), Path(mesh.data_dir) / DEFAULT_KEYS_FILE.name)
         bootstrap = getattr(mesh, "bootstrap_servers", None) or mesh.kafka_bootstrap_servers
         return cls(getattr(mesh, "demand_addr", cls.demand_addr), getattr(mesh, "matcher_addr", cls.matcher_addr),
                    bootstrap, console)

@@ -571,10 +571,10 @@ class Demands:
             inserted = set(await store.insert_leads(conn, outcome.leads))
             evts = []
             if additional and inserted:  # leads whose clock ran out are over: the demand went on
-                earlier = [x for x in await store.leads_of_demand(conn, demand_id, lock=True)
-                           if x.lead_id not in inserted]
-                evts += await _save_leads(conn, earlier, d.rerouted(
-                    earlier, [x for x in outcome.leads if x.lead_id in inserted], at=now, actor=actor),
+                breached = await store.leads_of_demand(conn, demand_id, lock=True,
+                                                       status=int(d.LeadStatus.SLA_BREACHED))
+                evts += await _save_leads(conn, breached, d.rerouted(
+                    breached, [x for x in outcome.leads if x.lead_id in inserted], at=now, actor=actor),
                     head.enterprise_uscc)
             previous = head.status
             for change in outcome.changes:
@@ -691,9 +691,9 @@ class Demands:
             await store.save_lead_outcome(conn, new)
             await store.append_lead_history(conn, [(new, len(lead.history))])
             evts = _lead_events(new, head.enterprise_uscc, len(lead.history) + 1)
-            evts += await self._progress(conn, head, [new if x.lead_id == lead_id else x for x in leads], new,
-                                         self.clock())
-            await outbox.append_many(conn, evts, schema=self.schema, occurred_at=self.clock())
+            now = self.clock()
+            evts += await self._progress(conn, head, [new if x.lead_id == lead_id else x for x in leads], new, now)
+            await outbox.append_many(conn, evts, schema=self.schema, occurred_at=now)
         return True
 
     # -- queries ----------------------------------------------------------------------------------------------

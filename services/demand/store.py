@@ -436,8 +436,9 @@ async def _leads_where(conn: Conn, where: str, *args: object, order: str = "rank
     return [_lead(r, history[r["lead_id"]]) for r in rows]
 
 
-async def leads_of_demand(conn: Conn, demand_id: str, *, lock: bool = False) -> list[d.Lead]:
-    return await _leads_where(conn, "demand_id = $1", demand_id, lock=lock)
+async def leads_of_demand(conn: Conn, demand_id: str, *, lock: bool = False, status: int = 0) -> list[d.Lead]:
+    """The demand's leads (only those in ``status``, if given)."""
+    return await _leads_where(conn, "demand_id = $1 AND ($2 = 0 OR status = $2)", demand_id, status, lock=lock)
 
 
 async def list_leads(conn: Conn, institution_id: str, status: int, demand_id: str, limit: int, offset: int

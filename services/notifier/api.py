@@ -16,7 +16,7 @@ from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.notification.v1 import notification_pb2_grpc as pb_grpc
 from meshkit import apikeys
 from meshkit.errors import DomainError, FieldViolation, ValidationFailed, Violations
-from meshkit.grpcserver import to_status
+from meshkit.grpcserver import metadata, to_status
 from meshkit.paging import MAX_PAGE_SIZE, Page
 from services.notifier import domain, mapping, store
 from services.notifier.service import WEBHOOK_SECRET_HEADER, Caller, Notifier
@@ -25,20 +25,13 @@ MAX_MARK = 500
 SUBSCRIBE_POLL_SECONDS = 1.0  # also wakes at once on a notification recorded by this replica
 
 
-def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value.strip()
-    return ""
-
-
 def _language(context: grpc.aio.ServicerContext) -> str:
     """From the ``accept-language`` metadata: "zh…" for Chinese, else English."""
-    return _metadata(context, "accept-language").lower() or "en"
+    return metadata(context, "accept-language").lower() or "en"
 
 
 def _caller(context: grpc.aio.ServicerContext) -> Caller:
-    return Caller(api_key=apikeys.from_context(context), secret=_metadata(context, WEBHOOK_SECRET_HEADER))
+    return Caller(api_key=apikeys.from_context(context), secret=metadata(context, WEBHOOK_SECRET_HEADER))
 
 
 def _recipient(v: Violations, kind: int, recipient_id: str) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from institution_keys import InstitutionAuth
 from matcher_support import publish, read_until
+from waiting import eventually
 
 from finmesh.catalog.v1 import product_pb2 as catalog
 from finmesh.common.v1 import finance_pb2 as finance
@@ -215,7 +217,7 @@ async def test_decline_and_missed_clock_rematch_to_the_next_best_excluding_those
     assert len(await outcomes(bootstrap, demand_id, 4, timeout=1.0)) == 3
 
 
-async def test_a_closed_demand_gets_no_more_leads(catalog_stub, bootstrap: str) -> None:
+async def test_a_closed_demand_gets_no_more_leads(catalog_stub, bootstrap: str, database_url: str) -> None:
     run, zone = tag(), f"z-{tag()}"
     demand_id = f"d-{run}"
     await publish(bootstrap, topics.DEMANDS_ACCEPTED, accepted(demand_id, zone))
@@ -223,7 +225,14 @@ async def test_a_closed_demand_gets_no_more_leads(catalog_stub, bootstrap: str) 
     closed = demand_events.DemandStatusChanged(demand_id=demand_id, enterprise_uscc=USCC,
                                                change=demand_pb2.StatusChange(status=demand_pb2.DEMAND_STATUS_WITHDRAWN))
     await publish(bootstrap, topics.DEMAND_STATUS_CHANGED, closed)
-    await asyncio.sleep(1.5)
+
+    async def still_open() -> bool:  # until the matcher has closed it (a fixed wait lost the race under load)
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetchval("SELECT open FROM matcher.open_demands WHERE demand_id = $1", demand_id)
+        finally:
+            await conn.close()
+    assert await eventually(still_open, lambda is_open: is_open is False) is False
     await upsert(catalog_stub, product(f"{run}-late", f"late-{run}", zone))
     await asyncio.sleep(1.5)
     assert len(await outcomes(bootstrap, demand_id, 2, timeout=1.0)) == 1
