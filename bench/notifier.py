@@ -30,6 +30,8 @@ from rich.console import Console
 from bench import report
 from deploy.embedded.kafka import KafkaBroker
 from deploy.embedded.postgres import EmbeddedPostgres
+from finmesh.institution.v1.events_pb2 import InstitutionChanged
+from finmesh.institution.v1.institution_pb2 import Institution
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import events_pb2 as matching
 from meshkit import apikeys, codec, ids, topics
@@ -118,7 +120,8 @@ async def measure(console: Console, *, burst: int = 5000, rate: float = 50.0, se
         try:
             notifier = Notifier(rt.pool, rt.metrics, codec.now, schema=app.SCHEMA)
             key = apikeys.new()
-            await notifier.on_institution(INSTITUTION, 0, 1, apikeys.digest(key))  # as its registration would
+            await notifier.on_institution(InstitutionChanged(  # as its registration would
+                institution=Institution(institution_id=INSTITUTION, version=1), api_key_sha256=apikeys.digest(key)))
             await notifier.register_webhook(INSTITUTION, f"http://127.0.0.1:{port}/hook", Caller(api_key=key))
 
             async def stored() -> int:

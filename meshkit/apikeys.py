@@ -1,20 +1,18 @@
 """Institutions' API keys. The demand service issues one when an institution registers (and on
 rotation) and keeps only its SHA-256, which it also publishes in ``InstitutionChanged``; the
 institution's systems send the key in the gRPC metadata ``x-api-key``, and any service checks it
-against that digest, kept in its schema's ``institution_keys`` (:func:`learn`, :func:`authenticate`)."""
+against that digest, kept in its schema's ``institution_keys`` (:func:`learn`, from :mod:`meshkit.institutions`;
+:func:`authenticate`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 import grpc
 
-from finmesh.institution.v1 import events_pb2 as institution_events
-from meshkit import codec
 from meshkit.errors import FailedPrecondition, PermissionDenied, Unavailable
 from meshkit.grpcserver import metadata
 
@@ -54,20 +52,6 @@ async def learn(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, ve
         " WHERE institution_keys.version < excluded.version",
         institution_id, version, key_digest,
     )
-
-
-def learner(pool: asyncpg.Pool) -> Callable[[codec.Envelope], Awaitable[None]]:
-    """A consumer of ``demand.institution-changed.v1`` that only learns the keys (:func:`learn`), for a
-    service that needs nothing else of institutions."""
-
-    async def handle(env: codec.Envelope) -> None:
-        assert isinstance(env.message, institution_events.InstitutionChanged)
-        i = env.message.institution
-        if not i.institution_id:
-            raise codec.PoisonMessage("unusable InstitutionChanged: institution.institution_id is empty")
-        await learn(pool, i.institution_id, i.version, env.message.api_key_sha256)
-
-    return handle
 
 
 async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, key: str) -> None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 from meshkit.errors import MAX_ID_CHARS, FailedPrecondition, PermissionDenied, Violations
+from meshkit.institutions import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS
 from meshkit.topics import valid_institution_id
 
 # -- vocabulary (numbering as in the .proto files) --------------------------------------------
@@ -373,9 +374,6 @@ def validate_enterprise(e: Enterprise, *, now: datetime, ref: Reference | None =
 
 
 # -- institutions --------------------------------------------------------------------------------
-
-DEFAULT_CONTACT_SLA_HOURS = 72
-MAX_CONTACT_SLA_HOURS = 720
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from finmesh.catalog.v1 import product_pb2 as catalog_pb
 from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
 from finmesh.matching.v1 import docking_pb2 as docking_pb
 from finmesh.matching.v1 import docking_pb2_grpc as docking_grpc
-from meshkit import apikeys, log, topics
+from meshkit import institutions, log, topics
 from meshkit.lifecycle import ReadinessCheck, Runtime
 from meshkit.settings import ServiceSettings
 from services.matcher import handlers, store
@@ -187,7 +187,8 @@ async def build(rt: Runtime) -> None:
     rt.consume(topics.LEAD_STATUS_CHANGED, LeadStatusChanges(outcomes))
     rt.consume(topics.DEMAND_STATUS_CHANGED, DemandStatusChanges(outcomes))
     rt.consume(topics.LEAD_SLA_BREACHED, LeadSlaBreaches(outcomes))
-    rt.consume(topics.INSTITUTIONS_CHANGED, apikeys.learner(rt.pool))  # their keys authenticate their calls
+    # their keys authenticate their calls; their SLAs set when a lead is due for contact
+    rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt))
     rt.task(catalog.follow)
     rt.task(catalog.verify)
     rt.task(standing.follow)

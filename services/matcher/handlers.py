@@ -23,10 +23,11 @@ from finmesh.catalog.v1 import product_pb2 as catalog
 from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.demand.v1 import demand_pb2
 from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.institution.v1 import institution_pb2
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import docking_pb2
 from finmesh.matching.v1 import events_pb2 as matching_events
-from meshkit import codec, errors, ids, log, outbox, topics
+from meshkit import codec, errors, ids, institutions, log, outbox, topics
 from meshkit.kafka import Finish
 from meshkit.metrics import Metrics
 from services.matcher import domain, mapping, store
@@ -34,7 +35,6 @@ from services.matcher.view import OpenDemandsView
 
 logger = log.get(__name__)
 
-CONTACT_SLA = timedelta(hours=72)
 DEMANDS_CONSUMER = "matcher.demands"
 PRODUCTS_CONSUMER = "matcher.products-published"
 LEAD_STATUS_CONSUMER = "matcher.lead-status"
@@ -122,10 +122,11 @@ class Issue:
     origin: str
 
 
-def _lead(issue: Issue, now: datetime) -> mapping.EncodedLead:
+def _lead(issue: Issue, now: datetime, standing: Standing) -> mapping.EncodedLead:
     demand_id = issue.demand.demand_id
-    return mapping.encode_lead(ids.lead_id(demand_id, issue.pick.product.product_id), demand_id, issue.pick,
-                               created_at=now, contact_due_at=now + CONTACT_SLA, origin=issue.origin)
+    product = issue.pick.product
+    return mapping.encode_lead(ids.lead_id(demand_id, product.product_id), demand_id, issue.pick, created_at=now,
+                               contact_due_at=standing.contact_due(product.institution_id, now), origin=issue.origin)
 
 
 def _lead_issued(lead: mapping.EncodedLead, demand_bytes: bytes) -> outbox.Encoded:
@@ -141,17 +142,17 @@ def _demand_matched(head: matching_events.DemandMatched, leads: Sequence[mapping
                           mapping.demand_matched(head, leads), event_id)
 
 
-async def add_leads(conn: asyncpg.Connection, issues: Sequence[Issue], *, schema: str, now: datetime
-                    ) -> list[mapping.EncodedLead]:
+async def add_leads(conn: asyncpg.Connection, issues: Sequence[Issue], *, standing: Standing, schema: str,
+                    now: datetime) -> list[mapping.EncodedLead]:
     """Add leads to demands matched before, in the caller's transaction (the demands' rows must be
     locked by it and their room checked): the leads, the demands' counts and tried institutions,
     ``LeadIssued`` to each institution and one ``DemandMatched`` (``additional``) per demand with
     only its new leads. Returns the leads inserted (a replay inserts none)."""
     if not issues:
         return []
-    leads = [(_lead(i, now), i) for i in issues]
+    leads = [(_lead(i, now, standing), i) for i in issues]
     inserted = await store.insert_leads(conn, [lead for lead, _ in leads], rules_version=domain.RULES_VERSION,
-                                        created_at=now, contact_due_at=now + CONTACT_SLA)
+                                        created_at=now)
     fresh = [(lead, i) for lead, i in leads if lead.lead_id in inserted]
     per_demand: dict[str, list[tuple[mapping.EncodedLead, Issue]]] = {}
     for lead, i in fresh:
@@ -184,13 +185,22 @@ def from_row(row: store.OpenDemandRow) -> tuple[demand_pb2.Demand, domain.OpenDe
 
 @dataclass
 class Standing:
-    """What a worker keeps in memory besides the catalog: institutions' responsiveness and the
-    standing subscriptions (both refreshed from PostgreSQL every few seconds, and at once after
-    this worker's own writes)."""
+    """What a worker keeps in memory besides the catalog: institutions' responsiveness and contact
+    SLAs, and the standing subscriptions (all refreshed from PostgreSQL every few seconds, and at
+    once after this worker's own writes)."""
 
     pool: asyncpg.Pool
     responsiveness: dict[str, domain.Responsiveness] = field(default_factory=dict)
     subscriptions: tuple[domain.StandingSubscription, ...] = ()
+    contact_slas: dict[str, int] = field(default_factory=dict)
+
+    def contact_due(self, institution_id: str, now: datetime) -> datetime:
+        """When a lead issued ``now`` to the institution is due for contact, by its own SLA."""
+        return now + timedelta(hours=self.contact_slas.get(institution_id) or institutions.DEFAULT_CONTACT_SLA_HOURS)
+
+    def learnt(self, institution: institution_pb2.Institution) -> None:
+        """A new version of an institution, stored by this worker (:func:`institutions.learner`)."""
+        self.contact_slas[institution.institution_id] = institution.contact_sla_hours
 
     async def refresh(self) -> None:
         rows = await store.institution_stats(self.pool)
@@ -201,6 +211,7 @@ class Standing:
         }
         self.subscriptions = tuple(mapping.subscription_from_proto(docking_pb2.Subscription.FromString(b))
                                    for b in await store.subscriptions(self.pool))
+        self.contact_slas = await institutions.contact_slas(self.pool)
 
     async def follow(self, every: float = 2.0) -> None:
         while True:
@@ -267,8 +278,8 @@ class DemandMatcher:
         for demand_id, (n, accepted, d, p) in plans.items():
             matches.append(store.MatchRow(demand_id, accepted.request.enterprise_uscc, len(p.result.picks),
                                           p.result.candidates_considered, p.result.explanation))
-            leads = [_lead(Issue(accepted, pick, origin), now) for pick, origin in zip(p.result.picks, p.origins,
-                                                                                       strict=True)]
+            leads = [_lead(Issue(accepted, pick, origin), now, self.standing)
+                     for pick, origin in zip(p.result.picks, p.origins, strict=True)]
             new_leads += leads
             if leads:
                 demand_bytes = mapping.demand_part(accepted)
@@ -292,7 +303,7 @@ class DemandMatcher:
             fresh = await store.record_match_batch(  # deterministic ids: a replay stores nothing
                 self.pool, consumer=DEMANDS_CONSUMER, events={batch[n].event_id: k for k, (n, *_) in plans.items()},
                 matches=matches, open_rows=open_rows, leads=new_leads, outbox_events=events,
-                rules_version=domain.RULES_VERSION, now=now, contact_due_at=now + CONTACT_SLA, schema=self.schema)
+                rules_version=domain.RULES_VERSION, now=now, schema=self.schema)
             held: list[domain.OpenDemand] = []
             for row in open_rows:
                 if row.demand_id in fresh:
@@ -386,7 +397,7 @@ class ReverseJoin:
                     if fresh.room(now=now_s) <= 0 or product.institution_id in fresh.tried:
                         continue  # the row is the truth; the memory was behind
                     issues.append(Issue(accepted, replace(pick, rank=fresh.active_leads + 1), domain.ORIGIN_MATCH))
-                issued += await add_leads(conn, issues, schema=self.schema, now=now)
+                issued += await add_leads(conn, issues, standing=self.standing, schema=self.schema, now=now)
         for lead in issued:
             self.open_demands.lead_added(lead.demand_id, lead.institution_id)
         logger.info("reverse join", product_id=product.product_id, open_demands=len(pool), fits=len(pairs),
@@ -422,7 +433,8 @@ async def rematch(conn: asyncpg.Connection, demand_id: str, origin: str, *, view
         return []
     accepted, od = from_row(row)
     picks = domain.rematch(view, od, responsiveness=standing.responsiveness, now=int(now.timestamp()))
-    return await add_leads(conn, [Issue(accepted, pick, origin) for pick in picks], schema=schema, now=now)
+    return await add_leads(conn, [Issue(accepted, pick, origin) for pick in picks], standing=standing, schema=schema,
+                           now=now)
 
 
 _INACTIVE = {"DECLINED": domain.ORIGIN_REMATCH, "EXPIRED": domain.ORIGIN_REROUTE, "SLA_BREACHED": domain.ORIGIN_REROUTE,
@@ -573,7 +585,8 @@ class Docking:
                                 now=int(now.timestamp()))
             if isinstance(pick, str):
                 raise errors.FailedPrecondition(pick)
-            leads = await add_leads(conn, [Issue(accepted, pick, domain.ORIGIN_CLAIMED)], schema=self.schema, now=now)
+            leads = await add_leads(conn, [Issue(accepted, pick, domain.ORIGIN_CLAIMED)], standing=self.standing,
+                                    schema=self.schema, now=now)
         for lead in leads:
             self.open_demands.lead_added(lead.demand_id, lead.institution_id)
         return leads[0].proto()

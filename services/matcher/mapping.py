@@ -172,6 +172,7 @@ class EncodedLead:
     score: int
     rank: int
     origin: str
+    contact_due_at: datetime
     data: bytes
 
     def proto(self) -> lead_pb2.Lead:
@@ -207,7 +208,7 @@ def encode_lead(lead_id: str, demand_id: str, pick: domain.Pick, *, created_at: 
     set_ts(head.contact_due_at, contact_due_at)
     data = head.SerializeToString() + b"".join([_criterion_field(r) for r in pick.results])
     return EncodedLead(lead_id, demand_id, p.institution_id, p.product_id, p.version, pick.score, pick.rank,
-                       origin, data)
+                       origin, contact_due_at, data)
 
 
 def demand_part(accepted: demand_pb2.Demand) -> bytes:

@@ -257,21 +257,22 @@ async def delete_subscription(conn: asyncpg.Connection | asyncpg.Pool, subscript
 
 
 async def insert_leads(conn: asyncpg.Connection, leads: Sequence[EncodedLead], *, rules_version: str,
-                       created_at: datetime, contact_due_at: datetime) -> set[str]:
+                       created_at: datetime) -> set[str]:
     """Insert the leads that do not exist yet; returns the ids inserted."""
     if not leads:
         return set()
     inserted = await conn.fetch(
         "INSERT INTO leads (lead_id, demand_id, institution_id, product_id, product_version, score, rank,"
         " rules_version, lead, created_at, contact_due_at, origin)"
-        " SELECT l, d, i, p, v, s, r, $10, b, $11, $12, o FROM unnest($1::text[], $2::text[], $3::text[],"
-        " $4::text[], $5::bigint[], $6::int[], $7::int[], $8::bytea[], $9::text[]) AS x(l, d, i, p, v, s, r, b, o)"
+        " SELECT l, d, i, p, v, s, r, $11, b, $12, due, o FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::text[], $5::bigint[], $6::int[], $7::int[], $8::bytea[], $9::text[], $10::timestamptz[])"
+        " AS x(l, d, i, p, v, s, r, b, o, due)"
         " ON CONFLICT DO NOTHING RETURNING lead_id",
         *(list(col) for col in zip(*[
             (x.lead_id, x.demand_id, x.institution_id, x.product_id, x.product_version, x.score, x.rank, x.data,
-             x.origin) for x in leads
+             x.origin, x.contact_due_at) for x in leads
         ], strict=True)),
-        rules_version, created_at, contact_due_at,
+        rules_version, created_at,
     )
     return {r["lead_id"] for r in inserted}
 
@@ -283,7 +284,7 @@ async def record_match_batch(
     conn: asyncpg.Connection | asyncpg.Pool, *, consumer: str, events: dict[str, str], matches: Sequence[MatchRow],
     open_rows: Sequence[OpenDemandRow], leads: Sequence[EncodedLead],
     outbox_events: Sequence[tuple[str, outbox.Encoded]],
-    rules_version: str, now: datetime, contact_due_at: datetime, schema: str,
+    rules_version: str, now: datetime, schema: str,
 ) -> set[str]:
     """Store a batch (one transaction, one round trip: the SQL function ``record_match_batch``):
     claim ``events`` (event id -> demand id) in the inbox; record the demands whose event is new
@@ -295,7 +296,7 @@ async def record_match_batch(
     fresh = await conn.fetchval(
         "SELECT record_match_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
         " $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35)",
-        consumer, list(events), list(events.values()), rules_version, now, contact_due_at,
+        consumer, list(events), list(events.values()), rules_version, now,
         [m.demand_id for m in matches], [m.enterprise_uscc for m in matches], [m.leads for m in matches],
         [m.candidates for m in matches], [m.explanation for m in matches],
         [r.demand_id for r in open_rows], [r.part for r in open_rows], [r.demand for r in open_rows],
@@ -304,6 +305,7 @@ async def record_match_batch(
         [x.lead_id for x in leads], [x.demand_id for x in leads], [x.institution_id for x in leads],
         [x.product_id for x in leads], [x.product_version for x in leads], [x.score for x in leads],
         [x.rank for x in leads], [x.data for x in leads], [x.origin for x in leads],
+        [x.contact_due_at for x in leads],
         [d for d, _ in outbox_events], *outbox.columns([e for _, e in outbox_events]), outbox.channel(schema),
     )
     return set(fresh)

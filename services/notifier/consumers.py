@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from finmesh.demand.v1 import events_pb2 as demand_events
-from finmesh.institution.v1 import events_pb2 as institution_events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.roadshow.v1 import events_pb2 as roadshow
-from meshkit import codec, log
+from meshkit import codec, institutions, log
 from meshkit.kafka import BatchHandler, Handler
 from services.notifier import domain, mapping
 from services.notifier.service import Notifier
@@ -92,11 +91,7 @@ def institution_changed(notifier: Notifier) -> Handler:
     its API key (latest version wins)."""
 
     async def handle(env: codec.Envelope) -> None:
-        assert isinstance(env.message, institution_events.InstitutionChanged)
-        i = env.message.institution
-        if not i.institution_id:
-            raise codec.PoisonMessage("unusable InstitutionChanged: institution.institution_id is empty")
         # 0 = the institution set no SLA: kept as 0, so the clock says "default" rather than "institution".
-        await notifier.on_institution(i.institution_id, i.contact_sla_hours, i.version, env.message.api_key_sha256)
+        await notifier.on_institution(institutions.announced(env))
 
     return handle

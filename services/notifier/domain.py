@@ -15,6 +15,7 @@ from enum import IntEnum
 
 from meshkit.errors import Violations
 from meshkit.ids import stable_id
+from meshkit.institutions import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS
 from services.notifier import templates
 
 DEMAND_MATCHED = "demand.matched"
@@ -323,8 +324,6 @@ def for_notice(n: RoadshowNotice) -> Notification:
 
 # -- the contact clock ----------------------------------------------------------------------------------
 
-DEFAULT_SLA_HOURS = 72
-MAX_SLA_HOURS = 720
 MAX_CONTACT_CHARS = 200
 # The lead statuses that stop a running clock: the institution acted, or the lead is gone.
 CLOCK_STOPPERS = frozenset({"CONTACTED", "UNDER_REVIEW", "APPROVED", "DISBURSED", "DECLINED", "WITHDRAWN", "EXPIRED"})
@@ -347,8 +346,9 @@ def validate_policy(p: Policy, prefix: str = "policy") -> None:
     v.check(bool(p.institution_id.strip()), f"{prefix}.institution_id", "is required")
     v.check(len(p.institution_id) <= 63, f"{prefix}.institution_id", "must be at most 63 characters")
     v.check(len(p.product_id) <= 128, f"{prefix}.product_id", "must be at most 128 characters")
-    v.check(0 <= p.sla_hours <= MAX_SLA_HOURS, f"{prefix}.sla_hours",
-            f"must be between 1 and {MAX_SLA_HOURS} hours (0 = the institution's, else {DEFAULT_SLA_HOURS})")
+    v.check(0 <= p.sla_hours <= MAX_CONTACT_SLA_HOURS, f"{prefix}.sla_hours",
+            f"must be between 1 and {MAX_CONTACT_SLA_HOURS} hours "
+            f"(0 = the institution's, else {DEFAULT_CONTACT_SLA_HOURS})")
     v.check(len(p.escalation_contact) <= MAX_CONTACT_CHARS, f"{prefix}.escalation_contact",
             f"must be at most {MAX_CONTACT_CHARS} characters")
     v.check(p.sla_hours > 0 or bool(p.escalation_contact.strip()), f"{prefix}.sla_hours",
@@ -368,7 +368,7 @@ def resolve_sla(product: Policy | None, institution: Policy | None, institution_
         return institution.sla_hours, "institution policy", contact
     if institution_sla_hours > 0:
         return institution_sla_hours, "institution", contact
-    return DEFAULT_SLA_HOURS, "default", contact
+    return DEFAULT_CONTACT_SLA_HOURS, "default", contact
 
 
 @dataclass(frozen=True)

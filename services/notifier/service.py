@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from meshkit import apikeys, ids, inbox, log, outbox, topics
+from finmesh.institution.v1.events_pb2 import InstitutionChanged
+from meshkit import apikeys, ids, inbox, institutions, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import NotFound, PermissionDenied
 from meshkit.metrics import Metrics
@@ -137,10 +138,9 @@ class Notifier:
     async def on_notice(self, consumer: str, event_id: str, notice: domain.RoadshowNotice) -> None:
         await self._once(consumer, event_id, [domain.for_notice(notice)])
 
-    async def on_institution(self, institution_id: str, sla_hours: int, version: int, key_digest: str) -> None:
+    async def on_institution(self, changed: InstitutionChanged) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await store.set_institution_sla(conn, institution_id, sla_hours, version)
-            await apikeys.learn(conn, institution_id, version, key_digest)
+            await institutions.learn(conn, changed)
 
     async def on_lead_change(self, consumer: str, event_id: str, c: LeadChange) -> None:
         """Start the clock at DELIVERED, stop it at contact, decline, withdrawal (or later); tell the

@@ -312,15 +312,6 @@ async def pending_deliveries(pool: asyncpg.Pool) -> int:
 # -- contact policies and clocks ----------------------------------------------------------------------------
 
 
-async def set_institution_sla(conn: asyncpg.Connection, institution_id: str, hours: int, version: int) -> None:
-    await conn.execute(
-        "INSERT INTO institution_slas VALUES ($1, $2, $3) ON CONFLICT (institution_id) DO UPDATE"
-        " SET sla_hours = excluded.sla_hours, version = excluded.version"
-        " WHERE institution_slas.version < excluded.version",
-        institution_id, hours, version,
-    )
-
-
 async def set_policy(conn: asyncpg.Connection, p: Policy, now: datetime) -> Policy:
     await conn.execute(
         "INSERT INTO contact_policies VALUES ($1, $2, $3, $4, $5) ON CONFLICT (institution_id, product_id)"

@@ -202,6 +202,15 @@ async def test_demand_becomes_at_most_three_leads_once(catalog_stub, bootstrap: 
     await upsert(catalog_stub, product(f"{run}-b1", banks[1], rate_min_bps=380))
     await upsert(catalog_stub, product(f"{run}-c1", banks[2], rate_min_bps=400, rate_max_bps=700))
     await upsert(catalog_stub, product(f"{run}-d1", banks[3], term_max_months=12))
+    # Bank b has a contact SLA of its own (a second version of its registration); the others set none.
+    await publish_institution(bootstrap, banks[1], sla_hours=24, version=2)
+    conn = await asyncpg.connect(database_url)
+    try:
+        learnt = await eventually(lambda: conn.fetchval(
+            "SELECT sla_hours FROM matcher.institution_slas WHERE institution_id = $1", banks[1]), lambda h: h == 24)
+    finally:
+        await conn.close()
+    assert learnt == 24, "the matcher never had bank b's contact SLA"
     demand_id = f"d-{run}"
     message = demand_accepted(demand_id, preferred_institution_ids=banks[:3])
     event_id = await publish(bootstrap, topics.DEMANDS_ACCEPTED, message)
@@ -219,7 +228,8 @@ async def test_demand_becomes_at_most_three_leads_once(catalog_stub, bootstrap: 
     for lead in outcome.leads:
         assert lead.lead_id == ids.lead_id(demand_id, lead.product_id)
         assert lead.score == sum(c.points for c in lead.explanation)
-        assert lead.contact_due_at.ToSeconds() - lead.created_at.ToSeconds() == 72 * 3600
+        sla_hours = 24 if lead.institution_id == banks[1] else 72
+        assert lead.contact_due_at.ToSeconds() - lead.created_at.ToSeconds() == sla_hours * 3600
 
     for lead in outcome.leads:
         issued = await read_until(bootstrap, topics.lead_topic(lead.institution_id).name,
@@ -240,10 +250,13 @@ async def test_demand_becomes_at_most_three_leads_once(catalog_stub, bootstrap: 
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the replay was not handled")
-        rows = await conn.fetch("SELECT lead_id FROM matcher.leads WHERE demand_id = $1", demand_id)
+        rows = await conn.fetch("SELECT lead_id, institution_id, contact_due_at - created_at AS sla"
+                                " FROM matcher.leads WHERE demand_id = $1", demand_id)
     finally:
         await conn.close()
     assert sorted(r["lead_id"] for r in rows) == sorted(lead.lead_id for lead in outcome.leads)
+    assert {r["institution_id"]: r["sla"].total_seconds() // 3600 for r in rows} == {
+        b: 24 if b == banks[1] else 72 for b in banks[:3]}
     issued_again = await read_until(bootstrap, topics.lead_topic(banks[0]).name, lambda recs: False,
                                     keep=lambda r: True, timeout=1.5)
     assert len(issued_again) == 1

@@ -1,0 +1,61 @@
+"""What the services keep of the institutions the demand service announces on
+``demand.institution-changed.v1``: the digest of each one's API key (:mod:`meshkit.apikeys`) and its
+contact SLA, the hours it has to contact an enterprise once it has a lead (in the schema's
+``institution_slas``, for the services that have that table: the matcher and the notifier)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from finmesh.institution.v1 import events_pb2 as institution_events
+from finmesh.institution.v1 import institution_pb2
+from meshkit import apikeys, codec
+
+DEFAULT_CONTACT_SLA_HOURS = 72  # an institution that set none
+MAX_CONTACT_SLA_HOURS = 720
+
+
+def announced(env: codec.Envelope) -> institution_events.InstitutionChanged:
+    """The ``InstitutionChanged`` of ``env``; :class:`codec.PoisonMessage` if it names no institution."""
+    assert isinstance(env.message, institution_events.InstitutionChanged)
+    if not env.message.institution.institution_id:
+        raise codec.PoisonMessage("unusable InstitutionChanged: institution.institution_id is empty")
+    return env.message
+
+
+async def learn(conn: asyncpg.Connection, changed: institution_events.InstitutionChanged) -> bool:
+    """Keep the institution's contact SLA (0 if it set none) and its key digest, in the caller's
+    transaction. The latest version wins, so replays and reordered events change nothing: returns
+    False for those."""
+    i: institution_pb2.Institution = changed.institution
+    status = await conn.execute(
+        "INSERT INTO institution_slas VALUES ($1, $2, $3) ON CONFLICT (institution_id) DO UPDATE"
+        " SET sla_hours = excluded.sla_hours, version = excluded.version"
+        " WHERE institution_slas.version < excluded.version",
+        i.institution_id, i.contact_sla_hours, i.version,
+    )
+    await apikeys.learn(conn, i.institution_id, i.version, changed.api_key_sha256)
+    return status == "INSERT 0 1"
+
+
+def learner(pool: asyncpg.Pool, then: Callable[[institution_pb2.Institution], None] | None = None
+            ) -> Callable[[codec.Envelope], Awaitable[None]]:
+    """A consumer of ``demand.institution-changed.v1`` that :func:`learn`\\ s each institution, then
+    calls ``then`` with a version it had not had (to make a worker's memory current at once rather
+    than at its next refresh)."""
+
+    async def handle(env: codec.Envelope) -> None:
+        changed = announced(env)
+        async with pool.acquire() as conn, conn.transaction():
+            if await learn(conn, changed) and then is not None:
+                then(changed.institution)  # before the commit: nothing reads the row before the memory has it
+
+    return handle
+
+
+async def contact_slas(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
+    """Each known institution's own contact SLA in hours (those that set none are left out)."""
+    rows = await conn.fetch("SELECT institution_id, sla_hours FROM institution_slas WHERE sla_hours > 0")
+    return {r["institution_id"]: r["sla_hours"] for r in rows}
