@@ -212,7 +212,8 @@ INSTITUTIONS_CHANGED = TopicSpec(
     compacted=True,
     retention_ms=-1,
     description="Every institution as registered or changed (or its API key issued or rotated), latest version "
-                "per institution id (compacted); the digest of its API key authenticates its calls everywhere.",
+                "per institution id (compacted); the digest of its API key authenticates its calls everywhere, "
+                "and its contact SLA sets when its leads are due for contact.",
     dead_letter=INSTITUTIONS_CHANGED_DLQ,
 )
 DEMAND_STATUS_CHANGED_DLQ = _dlq("demand.demand-status-changed.v1", owner="matcher, notifier, roadshow")
