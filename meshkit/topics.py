@@ -23,6 +23,7 @@ from finmesh.enterprise.v1 import events_pb2 as enterprise_events
 from finmesh.institution.v1 import events_pb2 as institution_events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching_events
+from finmesh.notification.v1 import events_pb2 as notification_events
 from finmesh.roadshow.v1 import events_pb2 as roadshow_events
 
 DAY_MS = 24 * 3600 * 1000
@@ -175,6 +176,19 @@ LEAD_SLA_BREACHED = TopicSpec(
                 "(given the enterprise's consent_to_share).",
     dead_letter=LEAD_SLA_BREACHED_DLQ,
 )
+CONTACT_POLICIES_CHANGED_DLQ = _dlq("notifier.contact-policy-changed.v1", owner="matcher")
+CONTACT_POLICIES_CHANGED = TopicSpec(
+    name="notifier.contact-policy-changed.v1",
+    message=notification_events.ContactPolicyChanged,
+    key_field="policy.institution_id",
+    owner="notifier",
+    consumers=("matcher",),
+    partitions=3,
+    retention_ms=-1,
+    description="Every contact policy as set, in order per institution (kept for good: a new reader replays "
+                "them all); the matcher dates its leads' contact due time by them.",
+    dead_letter=CONTACT_POLICIES_CHANGED_DLQ,
+)
 LEADS = TopicSpec(
     name="leads.{institution_id}.v1",
     message=matching_events.LeadIssued,
@@ -286,6 +300,8 @@ REGISTRY: tuple[TopicSpec, ...] = (
     DEMANDS_MATCHED_DLQ,
     LEAD_SLA_BREACHED,
     LEAD_SLA_BREACHED_DLQ,
+    CONTACT_POLICIES_CHANGED,
+    CONTACT_POLICIES_CHANGED_DLQ,
     LEADS,
     ENTERPRISES_CHANGED,
     ENTERPRISES_CHANGED_DLQ,

@@ -189,6 +189,7 @@ async def build(rt: Runtime) -> None:
     rt.consume(topics.LEAD_SLA_BREACHED, LeadSlaBreaches(outcomes))
     # their keys authenticate their calls; their SLAs set when a lead is due for contact
     rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt))
+    rt.consume(topics.CONTACT_POLICIES_CHANGED, standing.policy_changed)
     rt.task(catalog.follow)
     rt.task(catalog.verify)
     rt.task(standing.follow)

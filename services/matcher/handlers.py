@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -126,7 +126,7 @@ def _lead(issue: Issue, now: datetime, standing: Standing) -> mapping.EncodedLea
     demand_id = issue.demand.demand_id
     product = issue.pick.product
     return mapping.encode_lead(ids.lead_id(demand_id, product.product_id), demand_id, issue.pick, created_at=now,
-                               contact_due_at=standing.contact_due(product.institution_id, now), origin=issue.origin)
+                               contact_due_at=standing.contact_due(product, now), origin=issue.origin)
 
 
 def _lead_issued(lead: mapping.EncodedLead, demand_bytes: bytes) -> outbox.Encoded:
@@ -193,14 +193,30 @@ class Standing:
     responsiveness: dict[str, domain.Responsiveness] = field(default_factory=dict)
     subscriptions: tuple[domain.StandingSubscription, ...] = ()
     contact_slas: dict[str, int] = field(default_factory=dict)
+    contact_policies: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def contact_due(self, institution_id: str, now: datetime) -> datetime:
-        """When a lead issued ``now`` to the institution is due for contact, by its own SLA."""
-        return now + timedelta(hours=self.contact_slas.get(institution_id) or institutions.DEFAULT_CONTACT_SLA_HOURS)
+    def contact_due(self, product: domain.Product, now: datetime) -> datetime:
+        """When a lead for ``product`` issued ``now`` is due for contact: by the SLA the notifier's clock
+        will count (:func:`institutions.contact_sla`)."""
+        i = product.institution_id
+        hours, _ = institutions.contact_sla(self.contact_policies.get((i, product.product_id), 0),
+                                            self.contact_policies.get((i, ""), 0), self.contact_slas.get(i, 0))
+        return now + timedelta(hours=hours)
 
     def learnt(self, institution: institution_pb2.Institution) -> None:
         """A new version of an institution, stored by this worker (:func:`institutions.learner`)."""
         self.contact_slas[institution.institution_id] = institution.contact_sla_hours
+
+    async def policy_changed(self, env: codec.Envelope) -> None:
+        """``ContactPolicyChanged`` (notifier): kept, and in this worker's memory at once."""
+        p = env.message.policy  # type: ignore[attr-defined]
+        if not p.institution_id or not p.HasField("updated_at"):
+            raise codec.PoisonMessage("unusable ContactPolicyChanged: policy.institution_id and "
+                                      "policy.updated_at are required")
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await store.save_contact_policy(conn, p.institution_id, p.product_id, p.sla_hours,
+                                               p.updated_at.ToDatetime(tzinfo=UTC)):
+                self.contact_policies[(p.institution_id, p.product_id)] = p.sla_hours  # before the commit
 
     async def refresh(self) -> None:
         rows = await store.institution_stats(self.pool)
@@ -212,6 +228,7 @@ class Standing:
         self.subscriptions = tuple(mapping.subscription_from_proto(docking_pb2.Subscription.FromString(b))
                                    for b in await store.subscriptions(self.pool))
         self.contact_slas = await institutions.contact_slas(self.pool)
+        self.contact_policies = await store.contact_policies(self.pool)
 
     async def follow(self, every: float = 2.0) -> None:
         while True:

@@ -23,7 +23,8 @@ from services.notifier.service import Notifier
 SCHEMA = "notifier"
 MIGRATIONS = Path(__file__).parent / "migrations"
 TOPICS = (topics.DEMANDS_MATCHED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
-          topics.ROADSHOW_NOTICES, topics.INSTITUTIONS_CHANGED, topics.LEAD_SLA_BREACHED)
+          topics.ROADSHOW_NOTICES, topics.INSTITUTIONS_CHANGED, topics.LEAD_SLA_BREACHED,
+          topics.CONTACT_POLICIES_CHANGED)
 CLOCK_TICK_SECONDS = 1.0
 
 

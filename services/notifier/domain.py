@@ -15,7 +15,7 @@ from enum import IntEnum
 
 from meshkit.errors import Violations
 from meshkit.ids import stable_id
-from meshkit.institutions import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS
+from meshkit.institutions import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS, contact_sla
 from services.notifier import templates
 
 DEMAND_MATCHED = "demand.matched"
@@ -358,17 +358,12 @@ def validate_policy(p: Policy, prefix: str = "policy") -> None:
 
 def resolve_sla(product: Policy | None, institution: Policy | None, institution_sla_hours: int = 0
                 ) -> tuple[int, str, str]:
-    """(hours, where they come from, escalation contact): product policy, then institution policy,
-    then the institution's own contact SLA, then 72 hours. The contact comes from the most specific
-    policy that names one."""
+    """(hours, where they come from, escalation contact): :func:`meshkit.institutions.contact_sla`. The
+    contact comes from the most specific policy that names one."""
     contact = next((p.escalation_contact for p in (product, institution) if p and p.escalation_contact), "")
-    if product and product.sla_hours:
-        return product.sla_hours, "product policy", contact
-    if institution and institution.sla_hours:
-        return institution.sla_hours, "institution policy", contact
-    if institution_sla_hours > 0:
-        return institution_sla_hours, "institution", contact
-    return DEFAULT_CONTACT_SLA_HOURS, "default", contact
+    hours, source = contact_sla(product.sla_hours if product else 0, institution.sla_hours if institution else 0,
+                                institution_sla_hours)
+    return hours, source, contact
 
 
 @dataclass(frozen=True)

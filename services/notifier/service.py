@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from finmesh.institution.v1.events_pb2 import InstitutionChanged
+from finmesh.notification.v1.events_pb2 import ContactPolicyChanged
 from meshkit import apikeys, ids, inbox, institutions, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import NotFound, PermissionDenied
@@ -262,7 +263,11 @@ class Notifier:
         domain.validate_policy(p)
         async with self.pool.acquire() as conn, conn.transaction():
             await self._authorise(conn, p.institution_id, caller)
-            return await store.set_policy(conn, p, self.clock())
+            saved = await store.set_policy(conn, p, self.clock())
+            await outbox.append(conn, topics.CONTACT_POLICIES_CHANGED,  # the matcher dates its leads by it
+                                ContactPolicyChanged(policy=mapping.policy_pb(saved)), schema=self.schema,
+                                occurred_at=saved.updated_at)
+            return saved
 
     async def register_webhook(self, institution_id: str, url: str, caller: Caller
                                ) -> tuple[str, datetime, bool, str]:

@@ -1,10 +1,19 @@
--- Each lead is due for contact by its institution's own SLA, so the institutions' SLAs are kept here
--- (from demand.institution-changed.v1, as the notifier keeps them: meshkit/institutions.py), and
--- record_match_batch takes a contact due time per lead (p_l_due) instead of one for the batch.
+-- Each lead is due for contact by the SLA the notifier's clock will count (meshkit/institutions.py,
+-- contact_sla): so the institutions' own SLAs (from demand.institution-changed.v1, as the notifier
+-- keeps them) and the contact policies set on the notifier (notifier.contact-policy-changed.v1) are
+-- kept here, and record_match_batch takes a contact due time per lead (p_l_due) instead of one for
+-- the batch.
 CREATE TABLE institution_slas (
     institution_id text   PRIMARY KEY,
     sla_hours      int    NOT NULL,  -- 0 = the institution set none (the default applies)
     version        bigint NOT NULL
+);
+CREATE TABLE contact_policies (
+    institution_id text        NOT NULL,
+    product_id     text        NOT NULL,  -- '' = the institution's default
+    sla_hours      int         NOT NULL,  -- 0 = not set by this policy
+    updated_at     timestamptz NOT NULL,
+    PRIMARY KEY (institution_id, product_id)
 );
 
 DROP FUNCTION record_match_batch(

@@ -25,6 +25,8 @@ from finmesh.institution.v1 import institution_pb2
 from finmesh.matching.v1 import docking_pb2 as dock
 from finmesh.matching.v1 import docking_pb2_grpc as dock_grpc
 from finmesh.matching.v1 import events_pb2 as matching_events
+from finmesh.notification.v1 import clock_pb2 as clock_pb
+from finmesh.notification.v1 import events_pb2 as notification_events
 from meshkit import apikeys, codec, ids, topics
 from meshkit.grpcserver import field_violations
 
@@ -202,15 +204,6 @@ async def test_demand_becomes_at_most_three_leads_once(catalog_stub, bootstrap: 
     await upsert(catalog_stub, product(f"{run}-b1", banks[1], rate_min_bps=380))
     await upsert(catalog_stub, product(f"{run}-c1", banks[2], rate_min_bps=400, rate_max_bps=700))
     await upsert(catalog_stub, product(f"{run}-d1", banks[3], term_max_months=12))
-    # Bank b has a contact SLA of its own (a second version of its registration); the others set none.
-    await publish_institution(bootstrap, banks[1], sla_hours=24, version=2)
-    conn = await asyncpg.connect(database_url)
-    try:
-        learnt = await eventually(lambda: conn.fetchval(
-            "SELECT sla_hours FROM matcher.institution_slas WHERE institution_id = $1", banks[1]), lambda h: h == 24)
-    finally:
-        await conn.close()
-    assert learnt == 24, "the matcher never had bank b's contact SLA"
     demand_id = f"d-{run}"
     message = demand_accepted(demand_id, preferred_institution_ids=banks[:3])
     event_id = await publish(bootstrap, topics.DEMANDS_ACCEPTED, message)
@@ -228,8 +221,7 @@ async def test_demand_becomes_at_most_three_leads_once(catalog_stub, bootstrap: 
     for lead in outcome.leads:
         assert lead.lead_id == ids.lead_id(demand_id, lead.product_id)
         assert lead.score == sum(c.points for c in lead.explanation)
-        sla_hours = 24 if lead.institution_id == banks[1] else 72
-        assert lead.contact_due_at.ToSeconds() - lead.created_at.ToSeconds() == sla_hours * 3600
+        assert lead.contact_due_at.ToSeconds() - lead.created_at.ToSeconds() == 72 * 3600  # none set an SLA
 
     for lead in outcome.leads:
         issued = await read_until(bootstrap, topics.lead_topic(lead.institution_id).name,
@@ -250,16 +242,54 @@ async def test_demand_becomes_at_most_three_leads_once(catalog_stub, bootstrap: 
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the replay was not handled")
-        rows = await conn.fetch("SELECT lead_id, institution_id, contact_due_at - created_at AS sla"
-                                " FROM matcher.leads WHERE demand_id = $1", demand_id)
+        rows = await conn.fetch("SELECT lead_id FROM matcher.leads WHERE demand_id = $1", demand_id)
     finally:
         await conn.close()
     assert sorted(r["lead_id"] for r in rows) == sorted(lead.lead_id for lead in outcome.leads)
-    assert {r["institution_id"]: r["sla"].total_seconds() // 3600 for r in rows} == {
-        b: 24 if b == banks[1] else 72 for b in banks[:3]}
     issued_again = await read_until(bootstrap, topics.lead_topic(banks[0]).name, lambda recs: False,
                                     keep=lambda r: True, timeout=1.5)
     assert len(issued_again) == 1
+
+
+async def test_a_lead_is_due_by_the_sla_the_contact_clock_will_count(catalog_stub, bootstrap: str,
+                                                                      database_url: str) -> None:
+    run = tag()
+    banks = [f"bank-{run}-{c}" for c in "efg"]
+    for bank in banks:
+        await upsert(catalog_stub, product(f"{run}-{bank[-1]}1", bank))
+    # e: its own SLA of 24 h. f: the same, and a policy of 48 h for all its products. g: that policy,
+    # and one of 12 h for the product the demand gets. Set as the demand and notifier services announce them.
+    for bank in banks:
+        await publish_institution(bootstrap, bank, sla_hours=24, version=2)
+    policies = [(banks[1], "", 48), (banks[2], "", 48), (banks[2], f"{run}-g1", 12)]
+    for institution_id, product_id, hours in policies:
+        policy = clock_pb.ContactPolicy(institution_id=institution_id, product_id=product_id, sla_hours=hours)
+        policy.updated_at.GetCurrentTime()
+        await publish(bootstrap, topics.CONTACT_POLICIES_CHANGED, notification_events.ContactPolicyChanged(
+            policy=policy))
+    conn = await asyncpg.connect(database_url)
+    try:
+        async def known() -> tuple[int, int]:
+            return (await conn.fetchval("SELECT count(*) FROM matcher.institution_slas"
+                                        " WHERE institution_id = ANY($1::text[]) AND sla_hours = 24", banks),
+                    await conn.fetchval("SELECT count(*) FROM matcher.contact_policies"
+                                        " WHERE institution_id = ANY($1::text[])", banks))
+        assert await eventually(known, lambda n: n == (3, 3)) == (3, 3), "the matcher never had the SLAs"
+
+        demand_id = f"d-{run}"
+        await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(demand_id, preferred_institution_ids=banks))
+        matched = await read_until(bootstrap, topics.DEMANDS_MATCHED.name, lambda recs: bool(recs),
+                                   keep=lambda r: r.key == demand_id.encode())
+        assert matched, "no DemandMatched"
+        leads = matching_events.DemandMatched.FromString(matched[0].value).leads
+        due = {lead.institution_id: (lead.contact_due_at.ToSeconds() - lead.created_at.ToSeconds()) // 3600
+               for lead in leads}
+        assert due == {banks[0]: 24, banks[1]: 48, banks[2]: 12}
+        rows = await conn.fetch("SELECT institution_id, contact_due_at - created_at AS sla FROM matcher.leads"
+                                " WHERE demand_id = $1", demand_id)
+        assert {r["institution_id"]: r["sla"].total_seconds() // 3600 for r in rows} == due
+    finally:
+        await conn.close()
 
 
 async def test_demand_nothing_fits_is_explained(catalog_stub, bootstrap: str) -> None:

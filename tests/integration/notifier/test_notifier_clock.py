@@ -107,6 +107,12 @@ async def test_contact_stops_the_clock_and_overrides_set_the_sla(notifier: Runti
     contacted = await deliver(bootstrap, clock, inst, tag=t)
     c = await lead_clock(clocks, contacted.lead_id)
     assert (c.sla_hours, c.sla_source) == (12, "product policy")
+    # ... and is announced, for the matcher to date its leads by.
+    [announced] = await read_until(bootstrap, topics.CONTACT_POLICIES_CHANGED.name, lambda rs: len(rs) >= 1,
+                                   keep=lambda r: r.key == inst.encode())
+    policy = codec.decode(topics.CONTACT_POLICIES_CHANGED, announced.value, announced.headers).message.policy
+    assert (policy.institution_id, policy.product_id, policy.sla_hours) == (inst, f"{inst}-p1", 12)
+    assert policy.HasField("updated_at")
 
     # Contact after 2 hours stops it, and is measured.
     at = clock.now() + timedelta(hours=2)
