@@ -45,7 +45,7 @@ async def test_migrations_apply_once(database_url: str, tmp_path: Path) -> None:
     first = await db.migrate(database_url, "mig", tmp_path)
     again = await db.migrate(database_url, "mig", tmp_path)
     assert first == ["meshkit/001_outbox_inbox.sql", "meshkit/002_outbox_append.sql",
-                     "meshkit/003_institution_keys.sql", "mig/001_things.sql"]
+                     "meshkit/003_institution_keys.sql", "meshkit/004_outbox_inline.sql", "mig/001_things.sql"]
     assert again == []
 
 
