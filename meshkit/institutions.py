@@ -1,8 +1,8 @@
 """What the services keep of the institutions the demand service announces on
 ``demand.institution-changed.v1``: the digest of each one's API key (:mod:`meshkit.apikeys`) and its
 contact SLA, the hours it has to contact an enterprise once it has a lead (in the schema's
-``institution_slas``, for the services that have that table: the matcher and the notifier); and
-the rule that picks a lead's contact SLA (:func:`contact_sla`)."""
+``institution_slas``, for the services that have that table: the matcher and the notifier). The
+rule that picks a lead's contact SLA is :mod:`meshkit.contact_sla`."""
 
 from __future__ import annotations
 
@@ -13,28 +13,19 @@ import asyncpg
 from finmesh.institution.v1 import events_pb2 as institution_events
 from finmesh.institution.v1 import institution_pb2
 from meshkit import apikeys, codec
-
-DEFAULT_CONTACT_SLA_HOURS = 72  # an institution that set none
-MAX_CONTACT_SLA_HOURS = 720
-
-
-def contact_sla(product_policy_hours: int, institution_policy_hours: int, institution_hours: int
-                ) -> tuple[int, str]:
-    """(hours, where they come from) of a lead's contact SLA, most specific first: the contact policy
-    set on the notifier for its product, then for its institution, then the institution's own
-    ``contact_sla_hours``, then the default (0 = not set)."""
-    for hours, source in ((product_policy_hours, "product policy"), (institution_policy_hours, "institution policy"),
-                          (institution_hours, "institution")):
-        if hours > 0:
-            return hours, source
-    return DEFAULT_CONTACT_SLA_HOURS, "default"
+from meshkit.contact_sla import MAX_CONTACT_SLA_HOURS, valid_hours
 
 
 def announced(env: codec.Envelope) -> institution_events.InstitutionChanged:
-    """The ``InstitutionChanged`` of ``env``; :class:`codec.PoisonMessage` if it names no institution."""
+    """The ``InstitutionChanged`` of ``env``; :class:`codec.PoisonMessage` if it names no institution
+    or an SLA out of range."""
     assert isinstance(env.message, institution_events.InstitutionChanged)
-    if not env.message.institution.institution_id:
+    i = env.message.institution
+    if not i.institution_id:
         raise codec.PoisonMessage("unusable InstitutionChanged: institution.institution_id is empty")
+    if not valid_hours(i.contact_sla_hours):
+        raise codec.PoisonMessage(f"unusable InstitutionChanged: institution.contact_sla_hours must be between 0 "
+                                  f"and {MAX_CONTACT_SLA_HOURS}, not {i.contact_sla_hours}")
     return env.message
 
 

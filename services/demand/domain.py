@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
+from meshkit.contact_sla import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS
 from meshkit.errors import MAX_ID_CHARS, FailedPrecondition, PermissionDenied, Violations
-from meshkit.institutions import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS
 from meshkit.topics import valid_institution_id
 
 # -- vocabulary (numbering as in the .proto files) --------------------------------------------

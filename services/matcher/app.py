@@ -187,8 +187,10 @@ async def build(rt: Runtime) -> None:
     rt.consume(topics.LEAD_STATUS_CHANGED, LeadStatusChanges(outcomes))
     rt.consume(topics.DEMAND_STATUS_CHANGED, DemandStatusChanges(outcomes))
     rt.consume(topics.LEAD_SLA_BREACHED, LeadSlaBreaches(outcomes))
-    # their keys authenticate their calls; their SLAs set when a lead is due for contact
-    rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt))
+    # Their keys authenticate their calls; their SLAs date the leads. A group of its own: the one that
+    # learnt only keys (the release before) is past institutions that may not change again for long.
+    rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt),
+               group=f"{rt.service}.institutions")
     rt.consume(topics.CONTACT_POLICIES_CHANGED, standing.policy_changed)
     rt.task(catalog.follow)
     rt.task(catalog.verify)

@@ -27,7 +27,9 @@ from finmesh.institution.v1 import institution_pb2
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import docking_pb2
 from finmesh.matching.v1 import events_pb2 as matching_events
+from finmesh.notification.v1 import events_pb2 as notification_events
 from meshkit import codec, errors, ids, institutions, log, outbox, topics
+from meshkit.contact_sla import MAX_CONTACT_SLA_HOURS, contact_sla, valid_hours
 from meshkit.kafka import Finish
 from meshkit.metrics import Metrics
 from services.matcher import domain, mapping, store
@@ -194,29 +196,37 @@ class Standing:
     subscriptions: tuple[domain.StandingSubscription, ...] = ()
     contact_slas: dict[str, int] = field(default_factory=dict)
     contact_policies: dict[tuple[str, str], int] = field(default_factory=dict)
+    _learning: int = 0  # SLAs and policies this worker has stored (a refresh read before one is stale)
 
     def contact_due(self, product: domain.Product, now: datetime) -> datetime:
         """When a lead for ``product`` issued ``now`` is due for contact: by the SLA the notifier's clock
-        will count (:func:`institutions.contact_sla`)."""
+        will count (:func:`meshkit.contact_sla.contact_sla`)."""
         i = product.institution_id
-        hours, _ = institutions.contact_sla(self.contact_policies.get((i, product.product_id), 0),
-                                            self.contact_policies.get((i, ""), 0), self.contact_slas.get(i, 0))
+        hours, _ = contact_sla(self.contact_policies.get((i, product.product_id), 0),
+                               self.contact_policies.get((i, ""), 0), self.contact_slas.get(i, 0))
         return now + timedelta(hours=hours)
 
     def learnt(self, institution: institution_pb2.Institution) -> None:
-        """A new version of an institution, stored by this worker (:func:`institutions.learner`)."""
+        """A new version of an institution, being stored by this worker (:func:`institutions.learner`)."""
+        self._learning += 1
         self.contact_slas[institution.institution_id] = institution.contact_sla_hours
 
     async def policy_changed(self, env: codec.Envelope) -> None:
-        """``ContactPolicyChanged`` (notifier): kept, and in this worker's memory at once."""
-        p = env.message.policy  # type: ignore[attr-defined]
-        if not p.institution_id or not p.HasField("updated_at"):
-            raise codec.PoisonMessage("unusable ContactPolicyChanged: policy.institution_id and "
-                                      "policy.updated_at are required")
+        """``ContactPolicyChanged`` (notifier): kept, and in this worker's memory at once. The topic is
+        in order per institution, so the last one to arrive is the one in force."""
+        assert isinstance(env.message, notification_events.ContactPolicyChanged)
+        p = env.message.policy
+        if not p.institution_id or not valid_hours(p.sla_hours):
+            raise codec.PoisonMessage(f"unusable ContactPolicyChanged: policy.institution_id is required and "
+                                      f"policy.sla_hours must be between 0 and {MAX_CONTACT_SLA_HOURS}")
+        try:
+            updated_at = p.updated_at.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError) as err:
+            raise codec.PoisonMessage(f"unusable ContactPolicyChanged: policy.updated_at: {err}") from None
         async with self.pool.acquire() as conn, conn.transaction():
-            if await store.save_contact_policy(conn, p.institution_id, p.product_id, p.sla_hours,
-                                               p.updated_at.ToDatetime(tzinfo=UTC)):
-                self.contact_policies[(p.institution_id, p.product_id)] = p.sla_hours  # before the commit
+            await store.save_contact_policy(conn, p.institution_id, p.product_id, p.sla_hours, updated_at)
+            self._learning += 1
+            self.contact_policies[(p.institution_id, p.product_id)] = p.sla_hours  # before the commit: see refresh
 
     async def refresh(self) -> None:
         rows = await store.institution_stats(self.pool)
@@ -227,8 +237,10 @@ class Standing:
         }
         self.subscriptions = tuple(mapping.subscription_from_proto(docking_pb2.Subscription.FromString(b))
                                    for b in await store.subscriptions(self.pool))
-        self.contact_slas = await institutions.contact_slas(self.pool)
-        self.contact_policies = await store.contact_policies(self.pool)
+        learning = self._learning
+        slas, policies = await institutions.contact_slas(self.pool), await store.contact_policies(self.pool)
+        if learning == self._learning:  # else this worker stored one meanwhile: keep it, read them next time
+            self.contact_slas, self.contact_policies = slas, policies
 
     async def follow(self, every: float = 2.0) -> None:
         while True:

@@ -230,15 +230,13 @@ async def institution_stats(conn: asyncpg.Connection | asyncpg.Pool) -> list[asy
 
 
 async def save_contact_policy(conn: asyncpg.Connection, institution_id: str, product_id: str, sla_hours: int,
-                              updated_at: datetime) -> bool:
-    """Keep a contact policy as set on the notifier (a later one wins); False for an older one."""
-    status = await conn.execute(
+                              updated_at: datetime) -> None:
+    """Keep a contact policy as set on the notifier, in place of the one before."""
+    await conn.execute(
         "INSERT INTO contact_policies VALUES ($1, $2, $3, $4) ON CONFLICT (institution_id, product_id) DO UPDATE"
-        " SET sla_hours = excluded.sla_hours, updated_at = excluded.updated_at"
-        " WHERE contact_policies.updated_at <= excluded.updated_at",
+        " SET sla_hours = excluded.sla_hours, updated_at = excluded.updated_at",
         institution_id, product_id, sla_hours, updated_at,
     )
-    return status == "INSERT 0 1"
 
 
 async def contact_policies(conn: asyncpg.Connection | asyncpg.Pool) -> dict[tuple[str, str], int]:
@@ -304,7 +302,7 @@ async def record_match_batch(
     outbox_events: Sequence[tuple[str, outbox.Encoded]],
     rules_version: str, now: datetime, schema: str,
 ) -> set[str]:
-    """Store a batch (one transaction, one round trip: the SQL function ``record_match_batch``):
+    """Store a batch (one transaction, one round trip: the SQL function ``record_match_batch_v2``):
     claim ``events`` (event id -> demand id) in the inbox; record the demands whose event is new
     and that were not matched before; for those only, keep their ``open_rows``, insert their
     ``leads`` and append their ``outbox_events`` (demand id, event), in order. Returns the demand
@@ -312,7 +310,7 @@ async def record_match_batch(
     if not matches:
         return set()
     fresh = await conn.fetchval(
-        "SELECT record_match_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
+        "SELECT record_match_batch_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
         " $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35)",
         consumer, list(events), list(events.values()), rules_version, now,
         [m.demand_id for m in matches], [m.enterprise_uscc for m in matches], [m.leads for m in matches],

@@ -33,6 +33,7 @@ async def build(rt: Runtime, *, clock: Clock = codec.now, retry: RetryPolicy | N
     """``clock`` and ``retry`` are injectable (tests move time, and retry fast)."""
     await ensure_topics(rt.settings.kafka_bootstrap_servers, TOPICS)
     notifier = Notifier(rt.pool, rt.metrics, clock, schema=SCHEMA)
+    await notifier.announce_policies()
     name = rt.service
     rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(notifier, f"{name}.demand-matched"),
                batch_handler=consumers.demand_matched_batch(notifier, f"{name}.demand-matched"), max_records=500)

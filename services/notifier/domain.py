@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 
+from meshkit.contact_sla import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS, contact_sla
 from meshkit.errors import Violations
 from meshkit.ids import stable_id
-from meshkit.institutions import DEFAULT_CONTACT_SLA_HOURS, MAX_CONTACT_SLA_HOURS, contact_sla
 from services.notifier import templates
 
 DEMAND_MATCHED = "demand.matched"
@@ -30,7 +30,6 @@ LEAD_REMINDER = "lead.reminder"
 LEAD_ESCALATED = "lead.escalated"
 ROADSHOW_NOTICE = "roadshow.notice"
 
-DEFAULT_SLA_DAYS = 3  # "on average, financial institutions contact enterprises within 3 days"
 
 
 class RecipientKind(IntEnum):
@@ -128,13 +127,22 @@ def problems(outcome: MatchOutcome) -> list[str]:
     return out
 
 
-def for_match(outcome: MatchOutcome, at: datetime, *, sla_days: int = DEFAULT_SLA_DAYS) -> list[Notification]:
+def days_to_contact(leads: tuple[LeadRef, ...], at: datetime) -> int:
+    """Whole days, rounded up, until the last of ``leads`` is due for contact (each institution has its
+    own SLA); the default SLA's for leads that carry no due time."""
+    default = timedelta(hours=DEFAULT_CONTACT_SLA_HOURS)
+    longest = max((lead.contact_due_at - at if lead.contact_due_at else default for lead in leads), default=default)
+    return max(1, -(-longest // timedelta(days=1)))
+
+
+def for_match(outcome: MatchOutcome, at: datetime) -> list[Notification]:
     """One notification for the enterprise, and one for each institution that received a lead.
 
     The enterprise's fact is the demand and the set of leads it was told about, so a re-match
     with other leads is news again, while the same outcome replayed is not.
     """
     assert not problems(outcome), problems(outcome)
+    sla_days = days_to_contact(outcome.leads, at)
     notes: list[Notification] = []
     if outcome.leads and outcome.additional:
         leads_digest = hashlib.sha256("|".join(sorted(lead.lead_id for lead in outcome.leads)).encode()).hexdigest()
@@ -358,7 +366,7 @@ def validate_policy(p: Policy, prefix: str = "policy") -> None:
 
 def resolve_sla(product: Policy | None, institution: Policy | None, institution_sla_hours: int = 0
                 ) -> tuple[int, str, str]:
-    """(hours, where they come from, escalation contact): :func:`meshkit.institutions.contact_sla`. The
+    """(hours, where they come from, escalation contact): :func:`meshkit.contact_sla.contact_sla`. The
     contact comes from the most specific policy that names one."""
     contact = next((p.escalation_contact for p in (product, institution) if p and p.escalation_contact), "")
     hours, source = contact_sla(product.sla_hours if product else 0, institution.sla_hours if institution else 0,

@@ -264,10 +264,22 @@ class Notifier:
         async with self.pool.acquire() as conn, conn.transaction():
             await self._authorise(conn, p.institution_id, caller)
             saved = await store.set_policy(conn, p, self.clock())
-            await outbox.append(conn, topics.CONTACT_POLICIES_CHANGED,  # the matcher dates its leads by it
-                                ContactPolicyChanged(policy=mapping.policy_pb(saved)), schema=self.schema,
-                                occurred_at=saved.updated_at)
+            await self._announce(conn, [saved])
             return saved
+
+    async def announce_policies(self) -> int:
+        """Announce the policies set before policies were announced (by the release before); at start."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            policies = await store.announce_unannounced_policies(conn)
+            await self._announce(conn, policies)
+        return len(policies)
+
+    async def _announce(self, conn: asyncpg.Connection, policies: list[Policy]) -> None:
+        """``ContactPolicyChanged`` for each of ``policies``: the matcher dates its leads by them."""
+        for p in policies:
+            changed = ContactPolicyChanged(policy=mapping.policy_pb(p))
+            await outbox.append(conn, topics.CONTACT_POLICIES_CHANGED, changed, schema=self.schema,
+                                occurred_at=p.updated_at)
 
     async def register_webhook(self, institution_id: str, url: str, caller: Caller
                                ) -> tuple[str, datetime, bool, str]:

@@ -314,12 +314,23 @@ async def pending_deliveries(pool: asyncpg.Pool) -> int:
 
 async def set_policy(conn: asyncpg.Connection, p: Policy, now: datetime) -> Policy:
     await conn.execute(
-        "INSERT INTO contact_policies VALUES ($1, $2, $3, $4, $5) ON CONFLICT (institution_id, product_id)"
+        "INSERT INTO contact_policies (institution_id, product_id, sla_hours, escalation_contact, updated_at,"
+        " announced) VALUES ($1, $2, $3, $4, $5, true) ON CONFLICT (institution_id, product_id)"
         " DO UPDATE SET sla_hours = excluded.sla_hours, escalation_contact = excluded.escalation_contact,"
-        " updated_at = excluded.updated_at",
+        " updated_at = excluded.updated_at, announced = true",
         p.institution_id, p.product_id, p.sla_hours, p.escalation_contact, now,
     )
     return Policy(p.institution_id, p.product_id, p.sla_hours, p.escalation_contact, now)
+
+
+async def announce_unannounced_policies(conn: asyncpg.Connection) -> list[Policy]:
+    """Mark the policies not announced yet as announced, and return them (the caller announces them in
+    the same transaction; a replica doing the same at once gets none of them)."""
+    rows = await conn.fetch(
+        "UPDATE contact_policies SET announced = true WHERE NOT announced"
+        " RETURNING institution_id, product_id, sla_hours, escalation_contact, updated_at")
+    return [Policy(r["institution_id"], r["product_id"], r["sla_hours"], r["escalation_contact"], r["updated_at"])
+            for r in rows]
 
 
 async def sla_inputs(conn: asyncpg.Connection, institution_id: str, product_id: str

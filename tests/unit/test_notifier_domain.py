@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -43,6 +43,18 @@ def test_a_match_notifies_the_enterprise_and_each_institution() -> None:
     assert "2 款" in notes[0].body_zh
     assert notes[1].lead_id == "l-0" and "2026-11-29 08:00 UTC" in notes[1].body
     assert all(n.created_at == AT for n in notes)
+
+
+def test_the_enterprise_is_told_the_days_until_the_last_lead_is_due() -> None:
+    due_in = [timedelta(hours=12), timedelta(hours=49)]  # two institutions, SLAs of their own
+    match = replace(outcome("icbc-xm", "ccb-sz"), leads=tuple(
+        replace(lead, contact_due_at=AT + d) for lead, d in zip(outcome("icbc-xm", "ccb-sz").leads, due_in,
+                                                                strict=True)))
+    [told, *_] = domain.for_match(match, AT)
+    assert "within 3 days" in told.body and "3 天内" in told.body_zh  # 49 h: the third day
+    assert domain.days_to_contact(match.leads[:1], AT) == 1
+    assert domain.days_to_contact((replace(match.leads[0], contact_due_at=None),), AT) == 3  # the default 72 h
+    assert domain.days_to_contact((replace(match.leads[0], contact_due_at=AT + timedelta(hours=24)),), AT) == 1
 
 
 def test_no_match_carries_the_explanation_and_every_other_hint() -> None:

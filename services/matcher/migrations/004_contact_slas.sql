@@ -1,8 +1,9 @@
 -- Each lead is due for contact by the SLA the notifier's clock will count (meshkit/institutions.py,
 -- contact_sla): so the institutions' own SLAs (from demand.institution-changed.v1, as the notifier
 -- keeps them) and the contact policies set on the notifier (notifier.contact-policy-changed.v1) are
--- kept here, and record_match_batch takes a contact due time per lead (p_l_due) instead of one for
--- the batch.
+-- kept here, and the batch write takes a contact due time per lead (p_l_due) instead of one for the
+-- batch: record_match_batch_v2, otherwise the same as record_match_batch (003). That one stays
+-- for workers of the release before, during a rolling upgrade; a later release drops it.
 CREATE TABLE institution_slas (
     institution_id text   PRIMARY KEY,
     sla_hours      int    NOT NULL,  -- 0 = the institution set none (the default applies)
@@ -16,13 +17,7 @@ CREATE TABLE contact_policies (
     PRIMARY KEY (institution_id, product_id)
 );
 
-DROP FUNCTION record_match_batch(
-    text, text[], text[], text, timestamptz, timestamptz, text[], text[], int[], int[], text[], text[], int[],
-    bytea[], text[], boolean[], int[], text[], timestamptz[], text[], text[], text[], text[], bigint[], int[],
-    int[], bytea[], text[], text[], uuid[], text[], bytea[], bytea[], text[], text
-);
-
-CREATE FUNCTION record_match_batch(
+CREATE FUNCTION record_match_batch_v2(
     p_consumer text, p_event_ids text[], p_event_demands text[],
     p_rules_version text, p_now timestamptz,
     p_m_demand text[], p_m_uscc text[], p_m_leads int[], p_m_candidates int[], p_m_explanation text[],

@@ -261,7 +261,8 @@ async def test_a_lead_is_due_by_the_sla_the_contact_clock_will_count(catalog_stu
     # and one of 12 h for the product the demand gets. Set as the demand and notifier services announce them.
     for bank in banks:
         await publish_institution(bootstrap, bank, sla_hours=24, version=2)
-    policies = [(banks[1], "", 48), (banks[2], "", 48), (banks[2], f"{run}-g1", 12)]
+    # One no notifier would send (it refuses SLAs over 720 h): dead-lettered, the ones after it kept.
+    policies = [(banks[0], "", 100_000), (banks[1], "", 48), (banks[2], "", 48), (banks[2], f"{run}-g1", 12)]
     for institution_id, product_id, hours in policies:
         policy = clock_pb.ContactPolicy(institution_id=institution_id, product_id=product_id, sla_hours=hours)
         policy.updated_at.GetCurrentTime()
@@ -275,6 +276,9 @@ async def test_a_lead_is_due_by_the_sla_the_contact_clock_will_count(catalog_stu
                     await conn.fetchval("SELECT count(*) FROM matcher.contact_policies"
                                         " WHERE institution_id = ANY($1::text[])", banks))
         assert await eventually(known, lambda n: n == (3, 3)) == (3, 3), "the matcher never had the SLAs"
+        dead = await read_until(bootstrap, topics.CONTACT_POLICIES_CHANGED_DLQ.name, lambda recs: bool(recs),
+                                keep=lambda r: r.key == banks[0].encode())
+        assert dead and "policy.sla_hours" in codec.header(dead[0].headers, codec.DLQ_REASON)
 
         demand_id = f"d-{run}"
         await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_accepted(demand_id, preferred_institution_ids=banks))

@@ -22,6 +22,7 @@ from meshkit import codec, topics
 from meshkit.grpcserver import field_violations
 from meshkit.lifecycle import Runtime
 from services.notifier import app
+from services.notifier.service import Notifier
 from tests.integration.matcher.matcher_support import publish, read_until
 
 pytestmark = pytest.mark.integration
@@ -130,6 +131,22 @@ async def test_contact_stops_the_clock_and_overrides_set_the_sla(notifier: Runti
     await lead_clock(clocks, sentinel.lead_id, lambda c: c.state == cpb.CLOCK_STATE_BREACHED)
     notes = await inbox(stub, INSTITUTION, inst, lead_id=contacted.lead_id, want=2, timeout=0.5)
     assert [n.kind for n in notes] == ["lead.issued"]
+
+
+async def test_policies_set_before_they_were_announced_are_announced_once_at_start(notifier: Runtime,
+                                                                                     bootstrap: str) -> None:
+    inst = f"bank-{uid()}"
+    # As the release before left it: a policy stored, never announced.
+    await notifier.pool.execute(
+        "INSERT INTO contact_policies (institution_id, product_id, sla_hours, escalation_contact, updated_at,"
+        " announced) VALUES ($1, '', 36, '', now(), false)", inst)
+    restarted = Notifier(notifier.pool, notifier.metrics, codec.now, schema=app.SCHEMA)
+    assert await restarted.announce_policies() == 1
+    assert await restarted.announce_policies() == 0  # once
+    records = await read_until(bootstrap, topics.CONTACT_POLICIES_CHANGED.name, lambda rs: len(rs) >= 1,
+                               keep=lambda r: r.key == inst.encode())
+    policies = [codec.decode(topics.CONTACT_POLICIES_CHANGED, r.value, r.headers).message.policy for r in records]
+    assert [(p.institution_id, p.product_id, p.sla_hours) for p in policies] == [(inst, "", 36)]
 
 
 async def test_an_institution_without_an_sla_gets_the_default_and_one_without_an_id_is_dead_lettered(
