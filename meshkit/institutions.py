@@ -1,17 +1,22 @@
 """What the services keep of the institutions the demand service announces on
 ``demand.institution-changed.v1``: the digest of each one's API key (:mod:`meshkit.apikeys`) and its
 contact SLA, the hours it has to contact an enterprise once it has a lead (in the schema's
-``institution_slas``, for the services that have that table: the matcher and the notifier). The
-rule that picks a lead's contact SLA is :mod:`meshkit.contact_sla`."""
+``institution_slas``, for the services that have that table: the matcher and the notifier); and
+the contact policies the notifier announces on ``notifier.contact-policy-changed.v1`` (in
+``contact_policies``: the matcher and the demand service, which date the leads they make by them).
+The rule that picks a lead's contact SLA is :mod:`meshkit.contact_sla`."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 
 from finmesh.institution.v1 import events_pb2 as institution_events
 from finmesh.institution.v1 import institution_pb2
+from finmesh.notification.v1 import clock_pb2
+from finmesh.notification.v1 import events_pb2 as notification_events
 from meshkit import apikeys, codec
 from meshkit.contact_sla import MAX_CONTACT_SLA_HOURS, valid_hours
 
@@ -63,3 +68,39 @@ async def contact_slas(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int
     """Each known institution's own contact SLA in hours (those that set none are left out)."""
     rows = await conn.fetch("SELECT institution_id, sla_hours FROM institution_slas WHERE sla_hours > 0")
     return {r["institution_id"]: r["sla_hours"] for r in rows}
+
+
+# -- contact policies ---------------------------------------------------------------------------------
+
+
+def policy_announced(env: codec.Envelope) -> tuple[clock_pb2.ContactPolicy, datetime]:
+    """The policy of a ``ContactPolicyChanged`` and when it was set; :class:`codec.PoisonMessage` if it
+    names no institution, sets an SLA out of range or has no usable time."""
+    assert isinstance(env.message, notification_events.ContactPolicyChanged)
+    p = env.message.policy
+    if not p.institution_id or not valid_hours(p.sla_hours):
+        raise codec.PoisonMessage(f"unusable ContactPolicyChanged: policy.institution_id is required and "
+                                  f"policy.sla_hours must be between 0 and {MAX_CONTACT_SLA_HOURS}")
+    try:
+        return p, p.updated_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as err:
+        raise codec.PoisonMessage(f"unusable ContactPolicyChanged: policy.updated_at: {err}") from None
+
+
+async def learn_policy(conn: asyncpg.Connection, policy: clock_pb2.ContactPolicy, updated_at: datetime) -> None:
+    """Keep a contact policy in place of the one before: the topic is in order per institution, so
+    the last one to arrive is the one in force."""
+    await conn.execute(
+        "INSERT INTO contact_policies VALUES ($1, $2, $3, $4) ON CONFLICT (institution_id, product_id) DO UPDATE"
+        " SET sla_hours = excluded.sla_hours, updated_at = excluded.updated_at",
+        policy.institution_id, policy.product_id, policy.sla_hours, updated_at,
+    )
+
+
+async def contact_policies(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str | None = None
+                           ) -> dict[tuple[str, str], int]:
+    """(institution id, product id or '') -> hours, of the policies that set an SLA (of one institution,
+    or of all)."""
+    rows = await conn.fetch("SELECT institution_id, product_id, sla_hours FROM contact_policies"
+                            " WHERE sla_hours > 0 AND ($1::text IS NULL OR institution_id = $1)", institution_id)
+    return {(r["institution_id"], r["product_id"]): r["sla_hours"] for r in rows}

@@ -176,17 +176,17 @@ LEAD_SLA_BREACHED = TopicSpec(
                 "(given the enterprise's consent_to_share).",
     dead_letter=LEAD_SLA_BREACHED_DLQ,
 )
-CONTACT_POLICIES_CHANGED_DLQ = _dlq("notifier.contact-policy-changed.v1", owner="matcher")
+CONTACT_POLICIES_CHANGED_DLQ = _dlq("notifier.contact-policy-changed.v1", owner="matcher, demand")
 CONTACT_POLICIES_CHANGED = TopicSpec(
     name="notifier.contact-policy-changed.v1",
     message=notification_events.ContactPolicyChanged,
     key_field="policy.institution_id",
     owner="notifier",
-    consumers=("matcher",),
+    consumers=("matcher", "demand"),
     partitions=3,
     retention_ms=-1,
     description="Every contact policy as set, in order per institution (kept for good: a new reader replays "
-                "them all); the matcher dates its leads' contact due time by them.",
+                "them all); the matcher and the demand service date the leads they make by them.",
     dead_letter=CONTACT_POLICIES_CHANGED_DLQ,
 )
 LEADS = TopicSpec(

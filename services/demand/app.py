@@ -27,7 +27,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # start on a bare broker).
 TOPICS = (topics.PORTAL_DEMANDS, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED, topics.ENTERPRISES_CHANGED,
           topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
-          topics.LEAD_OUTCOMES, topics.LEAD_SLA_BREACHED, topics.ROADSHOW_INTENTS)
+          topics.LEAD_OUTCOMES, topics.LEAD_SLA_BREACHED, topics.ROADSHOW_INTENTS, topics.CONTACT_POLICIES_CHANGED)
 EXPIRY_INTERVAL_SECONDS = 30.0
 
 
@@ -53,5 +53,6 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.consume(topics.LEAD_OUTCOMES, consumers.lead_outcome_reported(demands))
     rt.consume(topics.LEAD_SLA_BREACHED, consumers.lead_sla_breached(demands))
     rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands))
+    rt.consume(topics.CONTACT_POLICIES_CHANGED, consumers.contact_policy_changed(demands))
     rt.task(lambda: demands.run_expiry(EXPIRY_INTERVAL_SECONDS))
     stats_api.register(rt)

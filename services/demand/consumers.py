@@ -9,6 +9,7 @@ from finmesh.demand.v1 import events_pb2 as events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.roadshow.v1 import events_pb2 as roadshow_events
+from meshkit import institutions
 from meshkit.codec import Envelope, PoisonMessage
 from meshkit.errors import DomainError, FailedPrecondition, NotFound, PermissionDenied, ValidationFailed
 from meshkit.kafka import BatchHandler, Handler
@@ -151,5 +152,16 @@ def roadshow_intent(demands: Demands) -> Handler:
             raise PoisonMessage(str(err)) from None
         except DomainError as err:  # AlreadyExists: the intent id reused with other content
             raise PoisonMessage(str(err)) from None
+
+    return handle
+
+
+def contact_policy_changed(demands: Demands) -> Handler:
+    """``ContactPolicyChanged`` (notifier) → kept, to date the leads roadshow intents make."""
+
+    async def handle(env: Envelope) -> None:
+        policy, updated_at = institutions.policy_announced(env)
+        async with demands.pool.acquire() as conn:
+            await institutions.learn_policy(conn, policy, updated_at)
 
     return handle

@@ -20,8 +20,9 @@ from google.protobuf.message import Message
 
 from finmesh.demand.v1 import events_pb2 as events
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import apikeys, codec, ids, inbox, log, outbox, topics
+from meshkit import apikeys, codec, ids, inbox, institutions, log, outbox, topics
 from meshkit.clock import Clock
+from meshkit.contact_sla import contact_sla
 from meshkit.errors import (
     AlreadyExists,
     DomainError,
@@ -600,10 +601,11 @@ class Demands:
                         key_fields=(("intent_id", intent.intent_id),))
         demand, _ = (await self.intake([Submission(intake, intent.request)]))[0].unwrap()
         now = self.clock()
+        policies = await institutions.contact_policies(self.pool, intent.institution_id)
+        hours, _ = contact_sla(0, policies.get((intent.institution_id, ""), 0), institution.contact_sla_hours)
         lead = d.intent_lead(lead_id=ids.roadshow_lead_id(intent.intent_id), demand_id=demand.demand_id,
-                             institution_id=intent.institution_id, at=now,
-                             contact_sla_hours=institution.contact_sla_hours, roadshow_id=intent.roadshow_id,
-                             intent=intent.summary)
+                             institution_id=intent.institution_id, at=now, contact_sla_hours=hours,
+                             roadshow_id=intent.roadshow_id, intent=intent.summary)
         issued = (topics.lead_topic(intent.institution_id),
                   matching.LeadIssued(lead=mapping.lead_to_pb(lead), demand=mapping.request_to_pb(demand.request),
                                       enterprise=mapping.enterprise_to_pb(demand.enterprise)),

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -27,9 +27,8 @@ from finmesh.institution.v1 import institution_pb2
 from finmesh.lead.v1 import lead_pb2
 from finmesh.matching.v1 import docking_pb2
 from finmesh.matching.v1 import events_pb2 as matching_events
-from finmesh.notification.v1 import events_pb2 as notification_events
 from meshkit import codec, errors, ids, institutions, log, outbox, topics
-from meshkit.contact_sla import MAX_CONTACT_SLA_HOURS, contact_sla, valid_hours
+from meshkit.contact_sla import contact_sla
 from meshkit.kafka import Finish
 from meshkit.metrics import Metrics
 from services.matcher import domain, mapping, store
@@ -212,21 +211,12 @@ class Standing:
         self.contact_slas[institution.institution_id] = institution.contact_sla_hours
 
     async def policy_changed(self, env: codec.Envelope) -> None:
-        """``ContactPolicyChanged`` (notifier): kept, and in this worker's memory at once. The topic is
-        in order per institution, so the last one to arrive is the one in force."""
-        assert isinstance(env.message, notification_events.ContactPolicyChanged)
-        p = env.message.policy
-        if not p.institution_id or not valid_hours(p.sla_hours):
-            raise codec.PoisonMessage(f"unusable ContactPolicyChanged: policy.institution_id is required and "
-                                      f"policy.sla_hours must be between 0 and {MAX_CONTACT_SLA_HOURS}")
-        try:
-            updated_at = p.updated_at.ToDatetime(tzinfo=UTC)
-        except (ValueError, OverflowError) as err:
-            raise codec.PoisonMessage(f"unusable ContactPolicyChanged: policy.updated_at: {err}") from None
+        """``ContactPolicyChanged`` (notifier): kept, and in this worker's memory at once."""
+        policy, updated_at = institutions.policy_announced(env)
         async with self.pool.acquire() as conn, conn.transaction():
-            await store.save_contact_policy(conn, p.institution_id, p.product_id, p.sla_hours, updated_at)
-            self._learning += 1
-            self.contact_policies[(p.institution_id, p.product_id)] = p.sla_hours  # before the commit: see refresh
+            await institutions.learn_policy(conn, policy, updated_at)
+            self._learning += 1  # before the commit: see refresh
+            self.contact_policies[(policy.institution_id, policy.product_id)] = policy.sla_hours
 
     async def refresh(self) -> None:
         rows = await store.institution_stats(self.pool)
@@ -238,7 +228,7 @@ class Standing:
         self.subscriptions = tuple(mapping.subscription_from_proto(docking_pb2.Subscription.FromString(b))
                                    for b in await store.subscriptions(self.pool))
         learning = self._learning
-        slas, policies = await institutions.contact_slas(self.pool), await store.contact_policies(self.pool)
+        slas, policies = await institutions.contact_slas(self.pool), await institutions.contact_policies(self.pool)
         if learning == self._learning:  # else this worker stored one meanwhile: keep it, read them next time
             self.contact_slas, self.contact_policies = slas, policies
 

@@ -229,22 +229,6 @@ async def institution_stats(conn: asyncpg.Connection | asyncpg.Pool) -> list[asy
         "SELECT institution_id, leads, contacted, decided, approved, contact_seconds FROM institution_stats")
 
 
-async def save_contact_policy(conn: asyncpg.Connection, institution_id: str, product_id: str, sla_hours: int,
-                              updated_at: datetime) -> None:
-    """Keep a contact policy as set on the notifier, in place of the one before."""
-    await conn.execute(
-        "INSERT INTO contact_policies VALUES ($1, $2, $3, $4) ON CONFLICT (institution_id, product_id) DO UPDATE"
-        " SET sla_hours = excluded.sla_hours, updated_at = excluded.updated_at",
-        institution_id, product_id, sla_hours, updated_at,
-    )
-
-
-async def contact_policies(conn: asyncpg.Connection | asyncpg.Pool) -> dict[tuple[str, str], int]:
-    """(institution id, product id or '') -> hours, of the policies that set an SLA."""
-    rows = await conn.fetch("SELECT institution_id, product_id, sla_hours FROM contact_policies WHERE sla_hours > 0")
-    return {(r["institution_id"], r["product_id"]): r["sla_hours"] for r in rows}
-
-
 # -- subscriptions ---------------------------------------------------------------------------------------
 
 

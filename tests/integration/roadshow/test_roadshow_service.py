@@ -43,12 +43,15 @@ from finmesh.institution.v1 import events_pb2 as inst_events
 from finmesh.institution.v1 import institution_pb2 as inst
 from finmesh.lead.v1 import lead_pb2 as ld
 from finmesh.matching.v1 import events_pb2 as matching
+from finmesh.notification.v1.clock_pb2 import ContactPolicy
+from finmesh.notification.v1.events_pb2 import ContactPolicyChanged
 from finmesh.roadshow.v1 import events_pb2 as ev
 from finmesh.roadshow.v1 import roadshow_pb2 as rs
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
 from meshkit import codec, topics
 from meshkit.grpcserver import field_violations
 from services.roadshow.domain import month_of, next_month
+from tests.integration.matcher.matcher_support import publish
 
 pytestmark = pytest.mark.integration
 
@@ -271,7 +274,7 @@ async def test_record_intent_names_every_wrong_field(roadshow) -> None:
 
 
 async def test_an_intent_becomes_a_lead_whose_disbursement_is_the_reports_granted_amount(
-        roadshow, stubs, replicas, clock, selected, bootstrap: str) -> None:
+        roadshow, stubs, replicas, clock, selected, demand_rt, bootstrap: str) -> None:
     x, b, d = selected.roadshow, selected.b, selected.d
     fund, key = await register_institution(stubs, "fund")
     guarantor, guarantor_key = await register_institution(stubs, "guarantor", inst.INSTITUTION_TYPE_GUARANTOR)
@@ -297,6 +300,12 @@ async def test_an_intent_becomes_a_lead_whose_disbursement_is_the_reports_grante
         roadshow_id=x.roadshow_id, institution_id=fund, enterprise_uscc=d, intended_amount_fen=1,
         instrument=ev.INSTRUMENT_LOAN), metadata=metadata))
     assert "not a presenter" in err.details()
+    # the fund set a contact policy of 36 hours on the notifier, which announced it
+    policy = ContactPolicy(institution_id=fund, sla_hours=36)
+    policy.updated_at.GetCurrentTime()
+    await publish(bootstrap, topics.CONTACT_POLICIES_CHANGED, ContactPolicyChanged(policy=policy))
+    assert await eventually(lambda: demand_rt.pool.fetchval(
+        "SELECT sla_hours FROM contact_policies WHERE institution_id = $1", fund), lambda h: h == 36) == 36
     recorded = await roadshow.RecordIntent(intent, metadata=metadata)
     assert recorded.created and not (await roadshow.RecordIntent(intent, metadata=metadata)).created
     lead_id = recorded.intent.lead_id
@@ -306,6 +315,7 @@ async def test_an_intent_becomes_a_lead_whose_disbursement_is_the_reports_grante
                              lambda reply: len(reply.leads) >= 1, timeout=20)
     (lead,) = leads.leads
     assert (lead.lead_id, lead.origin, lead.status) == (lead_id, ld.LEAD_ORIGIN_ROADSHOW, ld.LEAD_STATUS_DELIVERED)
+    assert lead.contact_due_at.ToSeconds() - lead.created_at.ToSeconds() == 36 * 3600  # as its clock will count
     demand = (await stubs.demands.GetDemand(dm.GetDemandRequest(demand_id=lead.demand_id))).demand
     assert (demand.channel, demand.status, demand.request.amount_fen) == (
         dm.CHANNEL_ROADSHOW, dm.DEMAND_STATUS_LEADS_ISSUED, 300 * WAN)
