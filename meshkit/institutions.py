@@ -87,7 +87,8 @@ def policy_announced(env: codec.Envelope) -> tuple[clock_pb2.ContactPolicy, date
         raise codec.PoisonMessage(f"unusable ContactPolicyChanged: policy.updated_at: {err}") from None
 
 
-async def learn_policy(conn: asyncpg.Connection, policy: clock_pb2.ContactPolicy, updated_at: datetime) -> None:
+async def learn_policy(conn: asyncpg.Connection | asyncpg.Pool, policy: clock_pb2.ContactPolicy,
+                       updated_at: datetime) -> None:
     """Keep a contact policy in place of the one before: the topic is in order per institution, so
     the last one to arrive is the one in force."""
     await conn.execute(
@@ -97,10 +98,13 @@ async def learn_policy(conn: asyncpg.Connection, policy: clock_pb2.ContactPolicy
     )
 
 
-async def contact_policies(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str | None = None
-                           ) -> dict[tuple[str, str], int]:
-    """(institution id, product id or '') -> hours, of the policies that set an SLA (of one institution,
-    or of all)."""
-    rows = await conn.fetch("SELECT institution_id, product_id, sla_hours FROM contact_policies"
-                            " WHERE sla_hours > 0 AND ($1::text IS NULL OR institution_id = $1)", institution_id)
+async def contact_policies(conn: asyncpg.Connection | asyncpg.Pool) -> dict[tuple[str, str], int]:
+    """(institution id, product id or '') -> hours, of every policy that sets an SLA."""
+    rows = await conn.fetch("SELECT institution_id, product_id, sla_hours FROM contact_policies WHERE sla_hours > 0")
     return {(r["institution_id"], r["product_id"]): r["sla_hours"] for r in rows}
+
+
+async def policy_hours(conn: asyncpg.Connection | asyncpg.Pool, institution_id: str, product_id: str = "") -> int:
+    """The SLA one policy sets (of the institution's product, or ``''``: of the institution), else 0."""
+    return await conn.fetchval("SELECT sla_hours FROM contact_policies WHERE institution_id = $1 AND product_id = $2",
+                               institution_id, product_id) or 0

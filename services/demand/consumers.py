@@ -160,8 +160,6 @@ def contact_policy_changed(demands: Demands) -> Handler:
     """``ContactPolicyChanged`` (notifier) → kept, to date the leads roadshow intents make."""
 
     async def handle(env: Envelope) -> None:
-        policy, updated_at = institutions.policy_announced(env)
-        async with demands.pool.acquire() as conn:
-            await institutions.learn_policy(conn, policy, updated_at)
+        await institutions.learn_policy(demands.pool, *institutions.policy_announced(env))
 
     return handle

@@ -601,8 +601,8 @@ class Demands:
                         key_fields=(("intent_id", intent.intent_id),))
         demand, _ = (await self.intake([Submission(intake, intent.request)]))[0].unwrap()
         now = self.clock()
-        policies = await institutions.contact_policies(self.pool, intent.institution_id)
-        hours, _ = contact_sla(0, policies.get((intent.institution_id, ""), 0), institution.contact_sla_hours)
+        hours, _ = contact_sla(0, await institutions.policy_hours(self.pool, intent.institution_id),
+                               institution.contact_sla_hours)
         lead = d.intent_lead(lead_id=ids.roadshow_lead_id(intent.intent_id), demand_id=demand.demand_id,
                              institution_id=intent.institution_id, at=now, contact_sla_hours=hours,
                              roadshow_id=intent.roadshow_id, intent=intent.summary)

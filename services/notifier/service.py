@@ -16,7 +16,7 @@ import asyncpg
 
 from finmesh.institution.v1.events_pb2 import InstitutionChanged
 from finmesh.notification.v1.events_pb2 import ContactPolicyChanged
-from meshkit import apikeys, ids, inbox, institutions, log, outbox, topics
+from meshkit import apikeys, codec, ids, inbox, institutions, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import NotFound, PermissionDenied
 from meshkit.metrics import Metrics
@@ -275,11 +275,11 @@ class Notifier:
         return len(policies)
 
     async def _announce(self, conn: asyncpg.Connection, policies: list[Policy]) -> None:
-        """``ContactPolicyChanged`` for each of ``policies``: the matcher dates its leads by them."""
-        for p in policies:
-            changed = ContactPolicyChanged(policy=mapping.policy_pb(p))
-            await outbox.append(conn, topics.CONTACT_POLICIES_CHANGED, changed, schema=self.schema,
-                                occurred_at=p.updated_at)
+        """``ContactPolicyChanged`` for each of ``policies`` (one round trip): the matcher and the demand
+        service date their leads by them."""
+        events = [(topics.CONTACT_POLICIES_CHANGED, ContactPolicyChanged(policy=mapping.policy_pb(p)),
+                   codec.new_event_id()) for p in policies]
+        await outbox.append_many(conn, events, schema=self.schema, occurred_at=self.clock())
 
     async def register_webhook(self, institution_id: str, url: str, caller: Caller
                                ) -> tuple[str, datetime, bool, str]:

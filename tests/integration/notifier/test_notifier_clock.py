@@ -108,7 +108,7 @@ async def test_contact_stops_the_clock_and_overrides_set_the_sla(notifier: Runti
     contacted = await deliver(bootstrap, clock, inst, tag=t)
     c = await lead_clock(clocks, contacted.lead_id)
     assert (c.sla_hours, c.sla_source) == (12, "product policy")
-    # ... and is announced, for the matcher to date its leads by.
+    # ... and is announced, for the matcher and the demand service to date their leads by.
     [announced] = await read_until(bootstrap, topics.CONTACT_POLICIES_CHANGED.name, lambda rs: len(rs) >= 1,
                                    keep=lambda r: r.key == inst.encode())
     policy = codec.decode(topics.CONTACT_POLICIES_CHANGED, announced.value, announced.headers).message.policy
