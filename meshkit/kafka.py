@@ -549,8 +549,10 @@ class _Prefetch:
         """Fetch until cancelled (a fetch hanging for 30 s raises, and the consumer restarts)."""
         while True:
             await self._room.wait()
-            batch = await asyncio.wait_for(self.consumer.getmany(timeout_ms=500, max_records=self.limit - self.held),
-                                           30)
+            # Not wait_for: on Python 3.11 it swallows a cancellation that comes as the fetch returns,
+            # and this loop would fetch on after its consumer stopped (its session never ending).
+            async with asyncio.timeout(30):
+                batch = await self.consumer.getmany(timeout_ms=500, max_records=self.limit - self.held)
             for tp, records in batch.items():
                 self.records.setdefault(tp, []).extend(records)
                 self.held += len(records)

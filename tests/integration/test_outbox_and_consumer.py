@@ -36,6 +36,12 @@ async def read_all(bootstrap: str, topic: str, want: int, timeout: float = 20.0)
     return out
 
 
+def scratch_topic(name: str, partitions: int) -> topics.TopicSpec:
+    """A topic of one test's own, carrying ``DemandAccepted``."""
+    return topics.TopicSpec(f"test.{name}", events_pb2.DemandAccepted, "demand.demand_id", "test", ("test",),
+                            partitions, "A test's own.")
+
+
 def accepted(demand_id: str) -> events_pb2.DemandAccepted:
     return events_pb2.DemandAccepted(demand=demand_pb2.Demand(demand_id=demand_id))
 
@@ -198,8 +204,7 @@ async def test_a_member_with_no_partition_is_assigned_too(bootstrap: str) -> Non
     """More members than partitions: the one left without a partition has still joined its group
     (``assigned``, which readiness waits for), so a scaled-out replica reports SERVING."""
     marker = uuid.uuid4().hex[:8]
-    spec = topics.TopicSpec(f"test.one-partition-{marker}", events_pb2.DemandAccepted, "demand.demand_id", "test",
-                            ("test",), 1, "One partition for two consumers.")
+    spec = scratch_topic(f"one-partition-{marker}", 1)
     await ensure_topics(bootstrap, [spec])
     producer = make_producer(bootstrap, "test")
     await producer.start()
@@ -223,6 +228,39 @@ async def test_a_member_with_no_partition_is_assigned_too(bootstrap: str) -> Non
         for m in members:
             await m.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        await producer.stop()
+
+
+async def test_an_idle_consumer_stops_at_once(bootstrap: str) -> None:
+    """A consumer with nothing to read stops within a few seconds, however its stop falls against
+    its fetches (on Python 3.11 a fetch bounded by ``asyncio.wait_for`` could swallow the
+    cancellation and keep the session alive for ever: a service's shutdown hung on it)."""
+    marker = uuid.uuid4().hex[:8]
+    spec = scratch_topic(f"idle-{marker}", 1)
+    await ensure_topics(bootstrap, [spec])
+    producer = make_producer(bootstrap, "test")
+    await producer.start()
+    await producer.send_and_wait(spec.name, value=accepted(marker).SerializeToString(), key=marker.encode(),
+                                 headers=codec.make_headers(spec.event_type, "test"))
+    handled = asyncio.Event()
+
+    async def handle(env: codec.Envelope) -> None:
+        handled.set()
+
+    try:
+        for idle in (0.0, 0.25, 0.5, 1.0):  # stops at different points of the fetch cycle
+            consumer = EventConsumer(spec=spec, group_id=f"g-{marker}-{idle}", bootstrap=bootstrap, handler=handle,
+                                     producer=producer, metrics=Metrics(), service="test")
+            handled.clear()
+            task = asyncio.create_task(consumer.run())
+            await asyncio.wait_for(handled.wait(), 60)
+            await asyncio.sleep(idle)
+            await consumer.stop()
+            done, _ = await asyncio.wait({task}, timeout=10)
+            if not done:
+                task.cancel()
+            assert done, f"the consumer did not stop (idle {idle} s)"
+    finally:
         await producer.stop()
 
 
