@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,24 @@ class Runtime:
         logger.info("serving", grpc_port=self.grpc_port, metrics_port=self.metrics_port)
 
     async def _wait_ready(self) -> None:
-        checks = [*self._readiness, *[self._assigned(c) for c in self.consumers]]
+        """Until every readiness check holds; one that raises is asked again, and what is still
+        awaited is logged every 10 s."""
+        checks = {**{_name(check): check for check in self._readiness},
+                  **{f"consumer of {c.spec.name} assigned": self._assigned(c) for c in self.consumers}}
+        logged = time.monotonic()
         while True:
-            results = [await check() for check in checks]
-            if all(results):
+            pending = []
+            for name, check in checks.items():
+                try:
+                    if not await check():
+                        pending.append(name)
+                except Exception as err:  # noqa: BLE001 - not ready yet (the broker or database may be back)
+                    pending.append(f"{name} ({err!r})")
+            if not pending:
                 return
+            if time.monotonic() - logged > 10:
+                logger.warning("not ready yet", waiting_for=pending)
+                logged = time.monotonic()
             await asyncio.sleep(0.1)
 
     @staticmethod
@@ -149,6 +163,10 @@ class Runtime:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         logger.info("stopped")
+
+
+def _name(check: ReadinessCheck) -> str:
+    return getattr(check, "__qualname__", None) or type(check).__name__
 
 
 def main(settings: ServiceSettings, *, schema: str, migrations: Path,
