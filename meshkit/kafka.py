@@ -175,6 +175,9 @@ class EventConsumer:
     atomically: any other exception retries the whole batch; :class:`PoisonMessage` makes the
     consumer handle the batch's records one at a time — with ``handler`` if given, else with
     ``batch_handler`` on one-record batches — dead-lettering only those that raise it again.
+
+    A consumer whose handler depends on what another learns (a contact policy that dates its
+    leads) starts once that one has :meth:`caught_up`: pass it as an ``after`` condition.
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class EventConsumer:
         batch_handler: BatchHandler | None = None,
         on_assigned: AssignmentListener | None = None,
         commit_every: float = 0.5,
+        after: Iterable[Callable[[], Awaitable[bool]]] = (),
     ) -> None:
         assert handler is not None or batch_handler is not None, "a handler or a batch handler is required"
         self.spec = spec
@@ -207,6 +211,7 @@ class EventConsumer:
         self.max_records = max_records
         self.auto_offset_reset = auto_offset_reset
         self.on_assigned = on_assigned
+        self.after = tuple(after)  # conditions to hold before the first record is consumed
         self._stopping = asyncio.Event()
         self._progress = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
@@ -218,10 +223,14 @@ class EventConsumer:
         self._flush = asyncio.Event()  # commit what is handled now (the session ends)
         self._prefetch: _Prefetch | None = None
         self.assigned = asyncio.Event()
+        self._backlog: dict[TopicPartition, int] | None = None  # the topic's end offsets when first asked
+        self._caught_up = False
 
     # -- life cycle ---------------------------------------------------------------
     async def run(self) -> None:
-        """Run until :meth:`stop`, restarting the Kafka consumer whenever it stalls or fails."""
+        """Once every ``after`` condition holds, run until :meth:`stop`, restarting the Kafka consumer
+        whenever it stalls or fails."""
+        await self._until_after()
         while not self._stopping.is_set():
             session = asyncio.create_task(self._session(), name=f"consume:{self.spec.name}")
             watchdog = asyncio.create_task(self._watchdog(session))
@@ -244,6 +253,35 @@ class EventConsumer:
 
     async def stop(self) -> None:
         self._stopping.set()
+
+    async def _until_after(self) -> None:
+        while self.after and not self._stopping.is_set():
+            try:
+                if all([await condition() for condition in self.after]):
+                    return
+            except Exception as err:  # noqa: BLE001 - asked again (the broker or database may be back)
+                logger.warning("consumer waits on its start condition", topic=self.spec.name, error=repr(err))
+            await self._sleep(0.1)
+
+    async def caught_up(self) -> bool:
+        """Whether the group has handled and committed everything the topic held when this was first
+        asked (by this worker or by the others of its group, on every partition): what a service
+        learns from a topic before it serves, such as the institutions' contact SLAs it dates leads
+        by. Stays true once true."""
+        consumer = self._consumer
+        if self._caught_up or consumer is None or not self.assigned.is_set():
+            return self._caught_up
+        async with asyncio.timeout(10):  # asked again later (aiokafka retries some errors for ever)
+            if self._backlog is None:
+                partitions = consumer.partitions_for_topic(self.spec.name)
+                if not partitions:
+                    return False  # its metadata is not in yet
+                self._backlog = await consumer.end_offsets([TopicPartition(self.spec.name, p) for p in partitions])
+            for tp, end in self._backlog.items():
+                if end and (await consumer.committed(tp) or 0) < end:
+                    return False
+        self._caught_up = True
+        return True
 
     async def _watchdog(self, session: asyncio.Task) -> None:
         while not session.done():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -34,6 +34,7 @@ from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
 from finmesh.matching.v1 import docking_pb2 as docking_pb
 from finmesh.matching.v1 import docking_pb2_grpc as docking_grpc
 from meshkit import institutions, log, topics
+from meshkit.kafka import EventConsumer
 from meshkit.lifecycle import ReadinessCheck, Runtime
 from meshkit.settings import ServiceSettings
 from services.matcher import handlers, store
@@ -181,25 +182,58 @@ async def build(rt: Runtime) -> None:
                 docking_pb.DESCRIPTOR.services_by_name["SubscriptionService"])
     rt.grpc.add(docking_grpc.add_DemandPoolServiceServicer_to_server, DemandPoolApi(docking),
                 docking_pb.DESCRIPTOR.services_by_name["DemandPoolService"])
-    rt.consume(topics.DEMANDS_ACCEPTED, None, group=settings.demand_group, batch_handler=demands,
-               max_records=settings.match_batch_size, on_assigned=holder.assigned)
-    rt.consume(topics.PRODUCTS_PUBLISHED, ProductsPublished(rt.pool, catalog, SCHEMA))
-    rt.consume(topics.LEAD_STATUS_CHANGED, LeadStatusChanges(outcomes))
-    rt.consume(topics.DEMAND_STATUS_CHANGED, DemandStatusChanges(outcomes))
-    rt.consume(topics.LEAD_SLA_BREACHED, LeadSlaBreaches(outcomes))
     # Their keys authenticate their calls; their SLAs date the leads. A group of its own: the one that
     # learnt only keys (the release before) is past institutions that may not change again for long.
-    rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt),
-               group=f"{rt.service}.institutions")
-    rt.consume(topics.CONTACT_POLICIES_CHANGED, standing.policy_changed)
+    learnt = _Learnt(standing, [
+        rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt),
+                   group=f"{rt.service}.institutions"),
+        rt.consume(topics.CONTACT_POLICIES_CHANGED, standing.policy_changed)])
+    # Whatever makes leads waits for the SLAs and policies announced before this worker started.
+    rt.consume(topics.DEMANDS_ACCEPTED, None, group=settings.demand_group, batch_handler=demands,
+               max_records=settings.match_batch_size, on_assigned=holder.assigned, after=[learnt])
+    rt.consume(topics.PRODUCTS_PUBLISHED, ProductsPublished(rt.pool, catalog, SCHEMA), after=[learnt])
+    rt.consume(topics.LEAD_STATUS_CHANGED, LeadStatusChanges(outcomes), after=[learnt])
+    rt.consume(topics.DEMAND_STATUS_CHANGED, DemandStatusChanges(outcomes), after=[learnt])
+    rt.consume(topics.LEAD_SLA_BREACHED, LeadSlaBreaches(outcomes), after=[learnt])
     rt.task(catalog.follow)
     rt.task(catalog.verify)
     rt.task(standing.follow)
-    rt.task(reverse.run)
+    rt.task(learnt.run)
+    rt.task(lambda: learnt.then(reverse.run))
     rt.task(holder.run)
     rt.task(keep_collections_short)
     rt.readiness(_verified(catalog))
+    rt.readiness(learnt)
     rt.on_stop(catalog.stop)
+
+
+class _Learnt:
+    """A condition: the contact SLAs and policies announced before this worker started are stored (by
+    it or by the others of its group) and in its memory, so no lead is dated by the default for want
+    of them (as on the first start of the release that keeps them, or on a new mesh)."""
+
+    def __init__(self, standing: handlers.Standing, consumers: list[EventConsumer]) -> None:
+        self.standing = standing
+        self.consumers = consumers
+        self.done = asyncio.Event()
+
+    async def __call__(self) -> bool:
+        return self.done.is_set()
+
+    async def run(self, every: float = 0.2) -> None:
+        while True:
+            try:
+                if all([await c.caught_up() for c in self.consumers]):
+                    await self.standing.refresh()  # what the group's other workers stored
+                    self.done.set()
+                    return
+            except Exception as err:  # noqa: BLE001 - asked again (the broker or database may be back)
+                logger.warning("contact SLAs not learnt yet", error=repr(err))
+            await asyncio.sleep(every)
+
+    async def then(self, work: Callable[[], Awaitable[None]]) -> None:
+        await self.done.wait()
+        await work()
 
 
 def _verified(catalog: LiveCatalog) -> ReadinessCheck:

@@ -231,6 +231,61 @@ async def test_a_member_with_no_partition_is_assigned_too(bootstrap: str) -> Non
         await producer.stop()
 
 
+async def test_a_consumer_that_needs_what_another_learns_starts_once_that_one_has_caught_up(bootstrap: str) -> None:
+    """The matcher dates leads by the SLAs it learns from another topic: a consumer given an
+    ``after`` condition consumes nothing until it holds. ``caught_up`` holds once the group (two
+    members here, each with part of the partitions) has handled and committed every record the
+    topic held when first asked, and not before; records published later do not undo it."""
+    marker = uuid.uuid4().hex[:8]
+    learnt_spec, using_spec = scratch_topic(f"learnt-{marker}", 3), scratch_topic(f"using-{marker}", 1)
+    await ensure_topics(bootstrap, [learnt_spec, using_spec])
+    producer = make_producer(bootstrap, "test", linger_ms=5)
+    await producer.start()
+    backlog = 150
+    for n in range(backlog):
+        await producer.send(learnt_spec.name, value=accepted(f"{marker}-{n}").SerializeToString(),
+                            key=f"{marker}-{n}".encode(), headers=codec.make_headers(learnt_spec.event_type, "test"))
+    await producer.send_and_wait(using_spec.name, value=accepted(f"{marker}-use").SerializeToString(),
+                                 key=b"use", headers=codec.make_headers(using_spec.event_type, "test"))
+    learnt: list[str] = []
+    learnt_when_used: list[int] = []
+
+    async def learn(env: codec.Envelope) -> None:
+        await asyncio.sleep(0.01)  # a backlog that takes a while
+        learnt.append(env.message.demand.demand_id)  # type: ignore[attr-defined]
+
+    async def use(env: codec.Envelope) -> None:
+        learnt_when_used.append(len(learnt))
+
+    learners = [EventConsumer(spec=learnt_spec, group_id=f"g-{marker}", bootstrap=bootstrap, handler=learn,
+                              producer=producer, metrics=Metrics(), service="test") for _ in range(2)]
+    user = EventConsumer(spec=using_spec, group_id=f"u-{marker}", bootstrap=bootstrap, handler=use, producer=producer,
+                         metrics=Metrics(), service="test", after=[learners[0].caught_up])
+    tasks = [asyncio.create_task(c.run()) for c in [*learners, user]]
+    try:
+        answers: list[tuple[bool, int]] = []
+        for _ in range(600):
+            answers.append((await learners[0].caught_up(), len(learnt)))
+            if answers[-1][0]:
+                break
+            await asyncio.sleep(0.05)
+        assert answers[-1][0], "never caught up"
+        assert any(not ok for ok, _ in answers), "caught up before the backlog was handled"
+        assert len(set(learnt)) == backlog  # every record, by one member or the other
+        await producer.send_and_wait(learnt_spec.name, value=accepted(f"{marker}-late").SerializeToString(),
+                                     key=b"late", headers=codec.make_headers(learnt_spec.event_type, "test"))
+        assert await learners[0].caught_up()
+        async def used() -> list[int]:
+            return learnt_when_used
+        assert await eventually(used, bool), "the dependent consumer never ran"
+        assert learnt_when_used[0] >= backlog  # it started only after the backlog was learnt
+    finally:
+        for c in [*learners, user]:
+            await c.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        await producer.stop()
+
+
 async def test_an_idle_consumer_stops_at_once(bootstrap: str) -> None:
     """A consumer with nothing to read stops within a few seconds, however its stop falls against
     its fetches (on Python 3.11 a fetch bounded by ``asyncio.wait_for`` could swallow the

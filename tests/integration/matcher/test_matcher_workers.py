@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from matcher_support import MatcherProcess, free_port, publish, read_until
+from institution_keys import publish_institution, until_known
+from matcher_support import MatcherProcess, free_port, matcher_env, publish, read_until
+from waiting import eventually
 
 from finmesh.catalog.v1 import product_pb2 as catalog
+from finmesh.catalog.v1 import product_pb2_grpc as catalog_grpc
 from finmesh.common.v1 import finance_pb2 as finance
 from finmesh.demand.v1 import demand_pb2
 from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.institution.v1 import events_pb2 as inst_events
+from finmesh.institution.v1 import institution_pb2 as inst_pb
 from finmesh.matching.v1 import events_pb2 as matching_events
-from meshkit import topics
+from meshkit import codec, topics
+from meshkit.kafka import make_producer
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +139,66 @@ async def test_no_duplicate_and_no_missed_demand_while_a_worker_stops_and_starts
     finally:
         await conn.close()
     assert leads == 3 * len(demand_ids)
+
+
+async def test_a_worker_dates_its_first_leads_by_the_slas_announced_before_it_started(
+        bootstrap: str, database_url: str, tmp_path: Path) -> None:
+    """A worker starting on a database without the institutions' latest SLAs (a new mesh, or the
+    first start of the release that keeps them) with a demand already waiting: the demand is matched
+    only once the SLAs announced before the start are learnt, so its lead is due by its institution's
+    24 h, not by the 72 h default, although a backlog of other institutions comes before it."""
+    run = uuid.uuid4().hex[:8]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "sla_{run}"')
+    finally:
+        await conn.close()
+    env = {**matcher_env(re.sub(r"/[^/?]+(\?|$)", rf"/sla_{run}\1", database_url, count=1), bootstrap,
+                         f"g-{run}"), "SERVICE_NAME": f"matcher-{run}"}  # groups of its own: reads every topic
+    worker = MatcherProcess(env, tmp_path / "matcher.log")
+    bank = f"sla-{run}"
+    try:
+        worker.start()
+        await worker.wait_serving()
+        key = await publish_institution(bootstrap, bank)  # registered without an SLA of its own
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = catalog_grpc.CatalogServiceStub(channel)
+            await until_known(lambda: stub.UpsertProduct(catalog.UpsertProductRequest(
+                product=product(f"{run}-p", bank, loan_category=finance.LOAN_CATEGORY_CREDIT)), metadata=key))
+        assert worker.stop() == 0, worker.logs()
+
+        # While it is stopped: other institutions change, then this one sets 24 h; and a demand comes.
+        producer = make_producer(bootstrap, "test", linger_ms=5)
+        await producer.start()
+        try:
+            for i in range(1500):
+                changed = inst_events.InstitutionChanged(institution=inst_pb.Institution(
+                    institution_id=f"other-{run}-{i}", contact_sla_hours=48, version=1))
+                await producer.send(topics.INSTITUTIONS_CHANGED.name, value=changed.SerializeToString(),
+                                    key=changed.institution.institution_id.encode(),
+                                    headers=codec.make_headers(topics.INSTITUTIONS_CHANGED.event_type, "test"))
+            await producer.flush()
+        finally:
+            await producer.stop()
+        await publish_institution(bootstrap, bank, sla_hours=24, version=2)
+        demand_id = f"d-{run}"
+        await publish(bootstrap, topics.DEMANDS_ACCEPTED, demand_events.DemandAccepted(demand=demand_pb2.Demand(
+            demand_id=demand_id, request=demand_pb2.DemandRequest(
+                enterprise_uscc="91350200MA2XYZ1234", amount_fen=1_000_000, term_months=12, max_rate_bps=500,
+                loan_category=finance.LOAN_CATEGORY_CREDIT))))
+
+        worker.start()
+        await worker.wait_serving()
+        conn = await asyncpg.connect(env["DATABASE_URL"])  # its own leads (other workers match the demand too)
+        try:
+            async def due() -> list[float]:
+                return [r["sla"].total_seconds() // 3600 for r in await conn.fetch(
+                    "SELECT contact_due_at - created_at AS sla FROM matcher.leads"
+                    " WHERE demand_id = $1 AND institution_id = $2", demand_id, bank)]
+            assert await eventually(due, bool, timeout=60) == [24]
+        finally:
+            await conn.close()
+        assert worker.stop() == 0, worker.logs()
+    finally:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.stop()
