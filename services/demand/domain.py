@@ -543,9 +543,25 @@ class Criterion:
 
 
 @dataclass(frozen=True)
+class Reported:
+    """What an institution has reported of a lead: the contact, the offer, the disbursement or why
+    it declined (each set by the outcome of that status, the others left as they were)."""
+
+    contact_method: int = ContactMethod.UNSPECIFIED
+    contacted_at: datetime | None = None
+    offer_amount_fen: int = 0
+    offer_rate_bps: int = 0
+    offer_term_months: int = 0
+    disbursed_amount_fen: int = 0
+    disbursed_at: datetime | None = None
+    decline_reason: int = DeclineReason.UNSPECIFIED
+    decline_text: str = ""
+
+
+@dataclass(frozen=True)
 class Lead:
     """A lead as the matcher issued it, with what happened to it since (the demand service is its
-    system of record: status, history and the institution's outcome)."""
+    system of record: status, history and what the institution reported)."""
 
     lead_id: str
     demand_id: str
@@ -561,15 +577,7 @@ class Lead:
     created_at: datetime | None
     contact_due_at: datetime | None
     history: tuple[LeadChange, ...] = ()
-    contact_method: int = ContactMethod.UNSPECIFIED
-    contacted_at: datetime | None = None
-    offer_amount_fen: int = 0
-    offer_rate_bps: int = 0
-    offer_term_months: int = 0
-    disbursed_amount_fen: int = 0
-    disbursed_at: datetime | None = None
-    decline_reason: int = DeclineReason.UNSPECIFIED
-    decline_text: str = ""
+    reported: Reported = Reported()
     updated_at: datetime | None = None
 
     def reached(self) -> frozenset[LeadStatus]:
@@ -805,10 +813,11 @@ def check_lead_transition(current: LeadStatus, to: LeadStatus) -> None:
         raise FailedPrecondition(f"a lead cannot go from {current.name} to {to.name} (allowed: {allowed})")
 
 
-def lead_transition(lead: Lead, to: LeadStatus, *, at: datetime, actor: str, reason: str, **details: object) -> Lead:
+def lead_transition(lead: Lead, to: LeadStatus, *, at: datetime, actor: str, reason: str, **reported: object) -> Lead:
+    """``lead`` gone to ``to``, with the ``reported`` details that go with it (fields of :class:`Reported`)."""
     check_lead_transition(LeadStatus(lead.status), to)
     return replace(lead, status=to, history=(*lead.history, LeadChange(to, at, actor, reason)), updated_at=at,
-                   **details)  # type: ignore[arg-type]
+                   reported=replace(lead.reported, **reported) if reported else lead.reported)  # type: ignore[arg-type]
 
 
 def deliver(lead: Lead, *, at: datetime, actor: str = "matcher") -> Lead:
@@ -835,20 +844,12 @@ def intent_lead(*, lead_id: str, demand_id: str, institution_id: str, at: dateti
 ORIGIN_ROADSHOW = 4  # finmesh.lead.v1.LEAD_ORIGIN_ROADSHOW
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What an institution reports about one of its leads; the details that go with ``status``."""
+@dataclass(frozen=True, kw_only=True)
+class Outcome(Reported):
+    """What an institution reports about one of its leads: a status, the details that go with it,
+    and a note."""
 
     status: int
-    contact_method: int = ContactMethod.UNSPECIFIED
-    contacted_at: datetime | None = None
-    offer_amount_fen: int = 0
-    offer_rate_bps: int = 0
-    offer_term_months: int = 0
-    disbursed_amount_fen: int = 0
-    disbursed_at: datetime | None = None
-    decline_reason: int = DeclineReason.UNSPECIFIED
-    decline_text: str = ""
     note: str = ""
 
 
@@ -924,7 +925,7 @@ def apply_outcome(lead: Lead, o: Outcome, *, at: datetime, actor: str) -> tuple[
     if to in lead.reached():
         if to == L.CONTACTED and o.contacted_at is None:
             details.pop("contacted_at")  # "when reported" is not a different detail
-        if all(getattr(lead, k) == v for k, v in details.items()):
+        if all(getattr(lead.reported, k) == v for k, v in details.items()):
             return lead, False
         raise FailedPrecondition(f"lead {lead.lead_id} was already reported {to.name} with other details")
     note = f" — {o.note.strip()}" if o.note.strip() else ""
@@ -996,7 +997,7 @@ def demand_progress(current: DemandStatus, leads: Sequence[Lead], *, amount_fen:
         return []
     reached = frozenset().union(*(lead.reached() for lead in leads))
     threshold = least_acceptable_amount_fen or amount_fen
-    disbursed = sum(lead.disbursed_amount_fen for lead in leads if lead.status == L.DISBURSED)
+    disbursed = sum(lead.reported.disbursed_amount_fen for lead in leads if lead.status == L.DISBURSED)
     if disbursed >= threshold:
         target = S.FUNDED
     elif all(lead.status in NOT_TAKEN_UP for lead in leads):

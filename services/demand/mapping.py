@@ -131,18 +131,18 @@ def lead_to_pb(lead: d.Lead) -> lpb.Lead:
     for h in lead.history:
         change = m.history.add(status=int(h.status), actor=h.actor, reason=h.reason)
         set_ts(change.at, h.at)
-    reached = lead.reached()
+    reached, r = lead.reached(), lead.reported
     if d.LeadStatus.CONTACTED in reached:
-        m.contact.method = lead.contact_method
-        set_ts(m.contact.contacted_at, lead.contacted_at)
+        m.contact.method = r.contact_method
+        set_ts(m.contact.contacted_at, r.contacted_at)
     if d.LeadStatus.APPROVED in reached:
-        m.offer.CopyFrom(lpb.Offer(amount_fen=lead.offer_amount_fen, rate_bps=lead.offer_rate_bps,
-                                   term_months=lead.offer_term_months))
+        m.offer.CopyFrom(lpb.Offer(amount_fen=r.offer_amount_fen, rate_bps=r.offer_rate_bps,
+                                   term_months=r.offer_term_months))
     if d.LeadStatus.DISBURSED in reached:
-        m.disbursement.amount_fen = lead.disbursed_amount_fen
-        set_ts(m.disbursement.disbursed_at, lead.disbursed_at)
+        m.disbursement.amount_fen = r.disbursed_amount_fen
+        set_ts(m.disbursement.disbursed_at, r.disbursed_at)
     if d.LeadStatus.DECLINED in reached:
-        m.decline.CopyFrom(lpb.Decline(reason_code=lead.decline_reason, text=lead.decline_text))
+        m.decline.CopyFrom(lpb.Decline(reason_code=r.decline_reason, text=r.decline_text))
     return m
 
 

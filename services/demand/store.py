@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 import asyncpg
@@ -387,16 +387,16 @@ async def append_lead_history(conn: asyncpg.Connection, items: Sequence[tuple[d.
         )
 
 
+REPORTED = tuple(f.name for f in fields(d.Reported))  # each a column of leads
+_SAVE_REPORTED = ("UPDATE leads SET status = $2, updated_at = $3, "
+                  + ", ".join(f"{name} = ${i}" for i, name in enumerate(REPORTED, start=4)) + " WHERE lead_id = $1")
+
+
 async def save_lead_outcome(conn: asyncpg.Connection, lead: d.Lead) -> None:
-    """Store a lead's status and outcome fields (its history separately, with append_lead_history)."""
-    await conn.execute(
-        "UPDATE leads SET status = $2, contact_method = $3, contacted_at = $4, offer_amount_fen = $5,"
-        " offer_rate_bps = $6, offer_term_months = $7, disbursed_amount_fen = $8, disbursed_at = $9,"
-        " decline_reason = $10, decline_text = $11, updated_at = $12 WHERE lead_id = $1",
-        lead.lead_id, int(lead.status), lead.contact_method, lead.contacted_at, lead.offer_amount_fen,
-        lead.offer_rate_bps, lead.offer_term_months, lead.disbursed_amount_fen, lead.disbursed_at,
-        lead.decline_reason, lead.decline_text, lead.updated_at,
-    )
+    """Store a lead's status and what its institution reported (its history separately, with
+    append_lead_history)."""
+    await conn.execute(_SAVE_REPORTED, lead.lead_id, int(lead.status), lead.updated_at,
+                       *(getattr(lead.reported, name) for name in REPORTED))
 
 
 async def lead_owner(conn: Conn, lead_id: str) -> tuple[str, str] | None:
@@ -414,10 +414,7 @@ def _lead(x: asyncpg.Record, history: Sequence[asyncpg.Record]) -> d.Lead:
         rules_version=x["rules_version"], status=x["status"], created_at=x["created_at"],
         contact_due_at=x["contact_due_at"],
         history=tuple(d.LeadChange(d.LeadStatus(h["status"]), h["at"], h["actor"], h["reason"]) for h in history),
-        contact_method=x["contact_method"], contacted_at=x["contacted_at"], offer_amount_fen=x["offer_amount_fen"],
-        offer_rate_bps=x["offer_rate_bps"], offer_term_months=x["offer_term_months"],
-        disbursed_amount_fen=x["disbursed_amount_fen"], disbursed_at=x["disbursed_at"],
-        decline_reason=x["decline_reason"], decline_text=x["decline_text"], updated_at=x["updated_at"],
+        reported=d.Reported(**{name: x[name] for name in REPORTED}), updated_at=x["updated_at"],
     )
 
 

@@ -86,12 +86,12 @@ def test_an_outcome_skipping_a_step_is_refused_and_nothing_changes() -> None:
 
 def test_outcomes_record_their_details_and_a_readable_reason() -> None:
     x = contacted(lead())
-    assert x.contact_method == d.ContactMethod.PHONE and x.contacted_at == NOW
+    assert x.reported.contact_method == d.ContactMethod.PHONE and x.reported.contacted_at == NOW
     x = report(x, L.UNDER_REVIEW)
     x = report(x, L.APPROVED, offer_amount_fen=4_000_000_00, offer_rate_bps=385, offer_term_months=24)
     assert x.history[-1].reason == "approved: 4,000,000.00 yuan at 3.85% for 24 months"
     x = report(x, L.DISBURSED, disbursed_amount_fen=4_000_000_00, disbursed_at=NOW)
-    assert x.status == L.DISBURSED and x.disbursed_amount_fen == 4_000_000_00
+    assert x.status == L.DISBURSED and x.reported.disbursed_amount_fen == 4_000_000_00
     assert [h.status for h in x.history] == [L.CREATED, L.DELIVERED, L.CONTACTED, L.UNDER_REVIEW, L.APPROVED,
                                              L.DISBURSED]
     assert all(h.actor == "institution:icbc-xm" for h in x.history[2:])
