@@ -276,9 +276,12 @@ class EventConsumer:
                 partitions = consumer.partitions_for_topic(self.spec.name)
                 if not partitions:
                     return False  # its metadata is not in yet
-                self._backlog = await consumer.end_offsets([TopicPartition(self.spec.name, p) for p in partitions])
+                tps = [TopicPartition(self.spec.name, p) for p in partitions]
+                ends, firsts = await consumer.end_offsets(tps), await consumer.beginning_offsets(tps)
+                # A partition whose records are all past their retention has nothing to handle.
+                self._backlog = {tp: end for tp, end in ends.items() if end > firsts.get(tp, 0)}
             for tp, end in self._backlog.items():
-                if end and (await consumer.committed(tp) or 0) < end:
+                if (await consumer.committed(tp) or 0) < end:
                     return False
         self._caught_up = True
         return True
@@ -363,6 +366,7 @@ class EventConsumer:
                 batch = await prefetch.take(self.max_records, 0.5, filling)
                 self._progress = time.monotonic()
                 if not batch:
+                    self._raise_failed_commit()  # idle: no next commit would tell
                     continue
                 fetched_at = time.time()
                 age = self.metrics.record_age.labels(self.service, self.spec.name)
@@ -396,12 +400,16 @@ class EventConsumer:
                     finishing.cancel()
                     await asyncio.gather(finishing, return_exceptions=True)
 
+    def _raise_failed_commit(self) -> None:
+        """A commit that failed ends the session: it restarts from the last commit that passed."""
+        if self._committing is not None and self._committing.done():
+            committing, self._committing = self._committing, None
+            committing.result()
+
     def _commit_after(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Add ``offsets`` (handled) to the next commit, and have one scheduled."""
         self._to_commit.update(offsets)
-        if self._committing is not None and self._committing.done():
-            committing, self._committing = self._committing, None
-            committing.result()  # a commit that failed ends the session: it restarts from the last one
+        self._raise_failed_commit()
         if self._committing is None:
             self._committing = asyncio.create_task(self._commit_handled(consumer))
 

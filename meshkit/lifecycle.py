@@ -67,13 +67,19 @@ class Runtime:
         self.metrics_port = 0
 
     # -- registration (from a service's build) -----------------------------------------
-    def consume(self, spec: TopicSpec, handler: Handler, *, group: str | None = None, **kw: Any) -> EventConsumer:
+    def consume(self, spec: TopicSpec, handler: Handler, *, group: str | None = None, serves_at_once: bool = False,
+                **kw: Any) -> EventConsumer:
+        """A consumer started with the service; the service reports SERVING once it has joined its
+        group, unless ``serves_at_once`` (one that waits on ``after`` conditions the service need
+        not wait for)."""
         consumer = EventConsumer(
             spec=spec, group_id=group or f"{self.service}.{spec.name}", bootstrap=self.settings.kafka_bootstrap_servers,
             handler=handler, producer=self.producer, metrics=self.metrics, service=self.service,
             stall_seconds=self.settings.consumer_stall_seconds, **kw,
         )
         self.consumers.append(consumer)
+        if not serves_at_once:
+            self._readiness.append(self._assigned(consumer))
         return consumer
 
     def task(self, factory: Callable[[], Awaitable[Any]]) -> None:
@@ -120,12 +126,11 @@ class Runtime:
     async def _wait_ready(self) -> None:
         """Until every readiness check holds; one that raises is asked again, and what is still
         awaited is logged every 10 s."""
-        checks = {**{_name(check): check for check in self._readiness},
-                  **{f"consumer of {c.spec.name} assigned": self._assigned(c) for c in self.consumers}}
+        checks = [(_name(check), check) for check in self._readiness]
         logged = time.monotonic()
         while True:
             pending = []
-            for name, check in checks.items():
+            for name, check in checks:
                 try:
                     if not await check():
                         pending.append(name)
@@ -142,6 +147,7 @@ class Runtime:
     def _assigned(consumer: EventConsumer) -> ReadinessCheck:
         async def check() -> bool:
             return consumer.assigned.is_set()
+        check.__qualname__ = f"consumer of {consumer.spec.name} assigned"
         return check
 
     async def stop(self) -> None:

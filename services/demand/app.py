@@ -54,6 +54,7 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.consume(topics.LEAD_SLA_BREACHED, consumers.lead_sla_breached(demands))
     policies = rt.consume(topics.CONTACT_POLICIES_CHANGED, consumers.contact_policy_changed(demands))
     # An intent's lead is dated by its institution's policy: the ones announced before start come first.
-    rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands), after=[policies.caught_up])
+    rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands), after=[policies.caught_up],
+               serves_at_once=True)
     rt.task(lambda: demands.run_expiry(EXPIRY_INTERVAL_SECONDS))
     stats_api.register(rt)

@@ -542,7 +542,7 @@ class Criterion:
     critical: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Reported:
     """What an institution has reported of a lead: the contact, the offer, the disbursement or why
     it declined (each set by the outcome of that status, the others left as they were)."""

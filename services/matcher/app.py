@@ -165,6 +165,12 @@ async def build(rt: Runtime) -> None:
         await catalog.load()
     standing = handlers.Standing(rt.pool)
     await standing.refresh()
+    # Their keys authenticate their calls; their SLAs date the leads. A group of its own: the one that
+    # learnt only keys (the release before) is past institutions that may not change again for long.
+    learnt = _Learnt(standing, [
+        rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt),
+                   group=f"{rt.service}.institutions"),
+        rt.consume(topics.CONTACT_POLICIES_CHANGED, standing.policy_changed)])
     open_demands = OpenDemandsView()
     reverse = handlers.ReverseJoin(pool=rt.pool, view=catalog.view, schema=SCHEMA, standing=standing,
                                    open_demands=open_demands, metrics=rt.metrics)
@@ -175,19 +181,13 @@ async def build(rt: Runtime) -> None:
     outcomes = handlers.LeadOutcomes(pool=rt.pool, view=catalog.view, standing=standing, open_demands=open_demands,
                                      schema=SCHEMA, metrics=rt.metrics)
     docking = handlers.Docking(pool=rt.pool, view=catalog.view, standing=standing, open_demands=open_demands,
-                               schema=SCHEMA)
+                               schema=SCHEMA, ready=learnt.done)
     rt.grpc.add(catalog_grpc.add_CatalogServiceServicer_to_server, CatalogApi(rt.pool, catalog, SCHEMA),
                 catalog_pb.DESCRIPTOR.services_by_name["CatalogService"])
     rt.grpc.add(docking_grpc.add_SubscriptionServiceServicer_to_server, SubscriptionApi(docking),
                 docking_pb.DESCRIPTOR.services_by_name["SubscriptionService"])
     rt.grpc.add(docking_grpc.add_DemandPoolServiceServicer_to_server, DemandPoolApi(docking),
                 docking_pb.DESCRIPTOR.services_by_name["DemandPoolService"])
-    # Their keys authenticate their calls; their SLAs date the leads. A group of its own: the one that
-    # learnt only keys (the release before) is past institutions that may not change again for long.
-    learnt = _Learnt(standing, [
-        rt.consume(topics.INSTITUTIONS_CHANGED, institutions.learner(rt.pool, then=standing.learnt),
-                   group=f"{rt.service}.institutions"),
-        rt.consume(topics.CONTACT_POLICIES_CHANGED, standing.policy_changed)])
     # Whatever makes leads waits for the SLAs and policies announced before this worker started.
     rt.consume(topics.DEMANDS_ACCEPTED, None, group=settings.demand_group, batch_handler=demands,
                max_records=settings.match_batch_size, on_assigned=holder.assigned, after=[learnt])
@@ -223,9 +223,8 @@ class _Learnt:
     async def run(self, every: float = 0.2) -> None:
         while True:
             try:
-                if all([await c.caught_up() for c in self.consumers]):
-                    await self.standing.refresh()  # what the group's other workers stored
-                    self.done.set()
+                if all([await c.caught_up() for c in self.consumers]) and await self.standing.refresh():
+                    self.done.set()  # with what the group's other workers stored
                     return
             except Exception as err:  # noqa: BLE001 - asked again (the broker or database may be back)
                 logger.warning("contact SLAs not learnt yet", error=repr(err))

@@ -218,7 +218,9 @@ class Standing:
             self._learning += 1  # before the commit: see refresh
             self.contact_policies[(policy.institution_id, policy.product_id)] = policy.sla_hours
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> bool:
+        """Read it all again; False if the SLAs and policies read are left out (this worker stored one
+        meanwhile: the next refresh has it)."""
         rows = await store.institution_stats(self.pool)
         self.responsiveness = {
             r["institution_id"]: domain.responsiveness_of(r["leads"], r["contacted"], r["decided"], r["approved"],
@@ -229,8 +231,10 @@ class Standing:
                                    for b in await store.subscriptions(self.pool))
         learning = self._learning
         slas, policies = await institutions.contact_slas(self.pool), await institutions.contact_policies(self.pool)
-        if learning == self._learning:  # else this worker stored one meanwhile: keep it, read them next time
-            self.contact_slas, self.contact_policies = slas, policies
+        if learning != self._learning:  # this worker stored one meanwhile: keep it, read them next time
+            return False
+        self.contact_slas, self.contact_policies = slas, policies
+        return True
 
     async def follow(self, every: float = 2.0) -> None:
         while True:
@@ -544,6 +548,7 @@ class Docking:
     standing: Standing
     open_demands: OpenDemandsView
     schema: str
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # the contact SLAs are learnt: leads can be dated
 
     async def register(self, sub: docking_pb2.Subscription) -> docking_pb2.Subscription:
         v = errors.Violations()
@@ -593,6 +598,9 @@ class Docking:
         v.check(bool(institution_id), "institution_id", "is required")
         v.check(bool(demand_id), "demand_id", "is required")
         v.raise_if_any()
+        if not self.ready.is_set():
+            raise errors.Unavailable("this matcher worker is starting: it does not know the contact SLAs its leads"
+                                     " are dated by yet; try again in a few seconds")
         now = codec.now()
         async with self.pool.acquire() as conn, conn.transaction():
             row = (await store.lock_open_demands(conn, [demand_id])).get(demand_id)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from meshkit import topics
 from meshkit.kafka import EventConsumer
@@ -58,3 +60,29 @@ async def test_a_revoked_partitions_commit_lands_after_the_periodic_one_in_fligh
     assert group.landed == [10, 20]  # A's committed offset ends at 20, never back at 10
     assert group.most_in_flight == 1
     assert c._to_commit == {}
+
+
+async def test_an_idle_consumer_ends_its_session_when_its_last_commit_failed() -> None:
+    """With nothing more to handle, no later commit would report a failed one: the consumer ends its
+    session itself, so the next one handles the records after the last commit again and commits
+    them (else its group's committed offsets, which ``caught_up`` and a matcher's readiness wait
+    for, would stay behind for ever)."""
+    c = consumer(Group())
+
+    async def failing() -> None:
+        raise KafkaTimeoutError("commit timed out")
+
+    c._committing = asyncio.create_task(failing())
+    await asyncio.sleep(0)
+
+    class Idle:  # a prefetch with nothing to hand over
+        async def take(self, *args: object) -> dict:
+            await asyncio.sleep(0.01)
+            return {}
+
+    filling = asyncio.create_task(asyncio.sleep(60))
+    try:
+        with pytest.raises(KafkaTimeoutError):
+            await asyncio.wait_for(c._handle_fetched(c._consumer, Idle(), filling), 5)  # type: ignore[arg-type]
+    finally:
+        filling.cancel()

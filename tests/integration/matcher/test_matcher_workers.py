@@ -202,3 +202,8 @@ async def test_a_worker_dates_its_first_leads_by_the_slas_announced_before_it_st
     finally:
         if worker.proc is not None and worker.proc.poll() is None:
             worker.stop()
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "sla_{run}" WITH (FORCE)')
+        finally:
+            await conn.close()
