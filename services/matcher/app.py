@@ -163,8 +163,7 @@ async def build(rt: Runtime) -> None:
                           service=rt.service)
     with bulk_load():
         await catalog.load()
-    standing = handlers.Standing(rt.pool)
-    await standing.refresh()
+    standing = handlers.Standing(rt.pool)  # read by standing.follow, and by _Learnt before any lead is made
     # Their keys authenticate their calls; their SLAs date the leads. A group of its own: the one that
     # learnt only keys (the release before) is past institutions that may not change again for long.
     learnt = _Learnt(standing, [
