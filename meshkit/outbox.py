@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 from pydantic import Field
@@ -321,7 +322,7 @@ def main() -> None:
         finally:
             server.shutdown()
 
-    asyncio.run(run())
+    uvloop.run(run())  # as a service (see meshkit.lifecycle.main)
 
 
 if __name__ == "__main__":
