@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import uvloop
 from aiokafka import AIOKafkaProducer
 
 from meshkit import db, inbox, log
@@ -199,8 +198,4 @@ def main(settings: ServiceSettings, *, schema: str, migrations: Path,
             starting.cancel()
         await rt.stop()
 
-    # uvloop: the event loop's own work (polling, socket writes, callbacks) is a large share of a
-    # service's CPU at moderate rates (a few records per batch), and libuv does it in C. Measured on
-    # the matcher and its relay at 300 demands/s: 8-20% less CPU per demand than with asyncio's
-    # loop (at 1,000/s, with bigger batches, no clear difference).
-    uvloop.run(run())
+    asyncio.run(run())

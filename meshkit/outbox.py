@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-import uvloop
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 from pydantic import Field
@@ -322,7 +321,7 @@ def main() -> None:
         finally:
             server.shutdown()
 
-    uvloop.run(run())  # as a service (see meshkit.lifecycle.main)
+    asyncio.run(run())
 
 
 if __name__ == "__main__":
