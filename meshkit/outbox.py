@@ -3,9 +3,7 @@
 A service writes an event with :func:`append` on the same connection, inside the same
 transaction, as the state change it announces; so both are committed or neither is. The
 :class:`OutboxRelay` publishes committed rows in order and deletes them once the broker
-has acknowledged them, in the same round trip as it reads the next rows: when the outbox is
-empty, on the next wake-up or poll (so a service that commits one batch at a time costs the
-relay and the database one round trip per batch, not two), vacuuming the table
+has acknowledged them (in the same round trip as it reads the next rows), vacuuming the table
 itself every ``vacuum_every`` deleted rows so that it stays small between autovacuum runs (a
 minute apart by default, when a busy service has deleted a hundred thousand rows). It wakes on
 PostgreSQL ``NOTIFY`` (so an event leaves within milliseconds) and also polls, and only
@@ -168,19 +166,15 @@ class OutboxRelay:
             producer = make_producer(self.bootstrap, f"{self.service}-outbox", linger_ms=0)
             await asyncio.wait_for(producer.start(), self.send_timeout)
             await self._learn_all(producer)
-            published: list[int] = []  # published, not deleted yet: the next pass deletes them as it reads
+            published: list[int] = []
             while True:
-                self._wake.clear()  # a commit from now on wakes the next pass (this one may not see it)
-                deleted = len(published)
+                deleted = len(published)  # the pass deletes them before it reads
                 published = await self._pass(conn, producer, published)
                 await self._vacuum_if_due(conn, deleted)
-                if len(published) >= self.batch_size:
-                    continue  # more may be waiting
-                if self._stopping.is_set():
-                    if not published:
+                if not published:
+                    if self._stopping.is_set():
                         return
-                    continue  # a last pass deletes them
-                await self._sleep(self.poll_seconds)
+                    await self._sleep(self.poll_seconds)
         finally:
             if producer is not None:
                 try:
