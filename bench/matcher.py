@@ -194,19 +194,31 @@ class Matcher:
                 await asyncio.sleep(0.05)
         raise TimeoutError("the matcher did not become SERVING")
 
+    def _pids(self) -> tuple[int, list[int]]:
+        """The worker's pid and its children's (the outbox relay process)."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return self.proc.pid, [int(p) for p in children.read_text().split()] if children.exists() else []
+
     def rss_mb(self) -> float:
         """Resident memory of the worker and its child (the outbox relay process), in MiB."""
-        assert self.proc is not None
-        pids = [self.proc.pid]
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
+        worker, children = self._pids()
         total = 0.0
-        for pid in pids:
+        for pid in [worker, *children]:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) / 1024
         return total
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) used so far by the worker and by its relay process, in seconds."""
+        worker, children = self._pids()
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def used(pid: int) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+        return used(worker), sum(used(pid) for pid in children)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -722,8 +734,10 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
                     expected = await asyncio.to_thread(expected_with_leads, products, batch)
                     since = await end_offsets(bootstrap, lead_topic_names)
                     sent = {}
+                    cpu_before = matcher.cpu_seconds()
                     feed_s = await publish(producer, batch, rate, sent, clock=time.time)
                     await settled(database_url, list(wanted), seconds + 120)
+                    cpu = [(b - a) / len(batch) * 1000 for a, b in zip(cpu_before, matcher.cpu_seconds(), strict=True)]
                     seen = await appended(bootstrap, since, wanted)
                     lat = [max(0.0, seen[d] - sent[d]) for d in seen]
                     begun = await transactions_begun(database_url, list(seen))
@@ -734,6 +748,7 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
                     figures[f"{rate}/s latency p50 ms"] = round(report.percentile(lat, 50) * 1000, 1)
                     figures[f"{rate}/s latency p99 ms"] = round(report.percentile(lat, 99) * 1000, 1)
                     figures[f"{rate}/s latency max ms"] = round(max(lat, default=0) * 1000, 1)
+                    figures[f"{rate}/s CPU per demand: matcher / its relay ms"] = f"{cpu[0]:.2f} / {cpu[1]:.2f}"
                     for part, values in (("consumed and planned", before), ("stored, committed, relayed", after)):
                         figures[f"{rate}/s {part}: p50 / p99 ms"] = (
                             f"{report.percentile(values, 50) * 1000:.0f} / {report.percentile(values, 99) * 1000:.0f}")
