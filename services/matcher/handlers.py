@@ -548,7 +548,7 @@ class Docking:
     standing: Standing
     open_demands: OpenDemandsView
     schema: str
-    ready: asyncio.Event = field(default_factory=asyncio.Event)  # the contact SLAs are learnt: leads can be dated
+    ready: asyncio.Event  # set once the contact SLAs are learnt: leads can be dated
 
     async def register(self, sub: docking_pb2.Subscription) -> docking_pb2.Subscription:
         v = errors.Violations()

@@ -277,9 +277,7 @@ async def test_a_consumer_that_needs_what_another_learns_starts_once_that_one_ha
         await producer.send_and_wait(learnt_spec.name, value=accepted(f"{marker}-late").SerializeToString(),
                                      key=b"late", headers=codec.make_headers(learnt_spec.event_type, "test"))
         assert await learners[0].caught_up()
-        async def used() -> list[int]:
-            return learnt_when_used
-        assert await eventually(used, bool), "the dependent consumer never ran"
+        assert await eventually(lambda: asyncio.sleep(0, learnt_when_used), bool), "the dependent consumer never ran"
         assert learnt_when_used[0] >= backlog  # it started only after the backlog was learnt
     finally:
         for c in [*learners, user]:
@@ -316,10 +314,7 @@ async def test_a_topic_whose_records_are_past_their_retention_is_caught_up_at_on
         task = asyncio.create_task(consumer.run())
         try:
             await asyncio.wait_for(consumer.assigned.wait(), 60)
-
-            async def caught_up() -> bool:
-                return await consumer.caught_up()
-            assert await eventually(caught_up, bool, timeout=10)
+            assert await eventually(consumer.caught_up, bool, timeout=10)
             assert handled == []
         finally:
             await consumer.stop()
