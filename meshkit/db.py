@@ -15,6 +15,16 @@ import asyncpg
 
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
+# Failures that pass by themselves: the server unreachable, restarting or shutting down (classes 08
+# and 57), out of connections or memory (53), a transaction chosen as a deadlock's victim or failing
+# serialisation (40), a lock not available now (55P03), an I/O error of the server (58), a pool or
+# connection closed under the caller.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.PostgresSystemError, asyncpg.InterfaceError,
+)
+
 
 async def create_pool(url: str, *, schema: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
     """A pool whose connections use ``schema`` first on their search path.

@@ -3,7 +3,9 @@
 :class:`EventConsumer` consumes one topic in a consumer group: it decodes each record with
 the protobuf codec, hands it to the service's handler, dead-letters records that can never
 be processed (with the reason and origin in headers), retries failures that may pass
-(a database restart, a broker restart) without skipping, and commits offsets only after
+(a database restart, a broker restart) without skipping, dead-letters a record that keeps failing
+for any other reason (a defect, or data the handler cannot take) after ``attempts`` tries, with the
+error (so one record never stops its partition and what waits on it), and commits offsets only after
 the records are handled: the offsets handled are committed at most every ``commit_every``
 seconds (one commit in flight at a time, while the next records are handled), so a commit's
 round trip never delays a record, and a busy consumer does not send the broker a commit per
@@ -15,7 +17,8 @@ bounded by timeouts, and a watchdog restarts a consumer that stops making progre
 A consumer may also take a ``batch_handler``: it receives the usable records fetched so far
 at once (up to ``max_records``, per-partition order kept), so a service can apply them in one
 transaction. If a batch raises :class:`meshkit.codec.PoisonMessage`, its records are handled
-again one at a time, so that only the culprit is dead-lettered. A batch handler may work in two
+again one at a time, so that only the culprit is dead-lettered; so are a batch's records whose
+batch (either stage) keeps failing for a reason that does not pass. A batch handler may work in two
 stages: it returns the rest of its work (a :data:`Finish`, e.g. the transaction that stores what
 it computed), and the consumer runs that while it hands the next batch to the handler; each
 batch's rest starts after the one before it has ended, and its offsets are committed only after it.
@@ -37,9 +40,9 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError, for_code
 
-from meshkit import codec, log
+from meshkit import codec, db, errors, log
 from meshkit.metrics import Metrics
 from meshkit.topics import BROKER_MAX_MESSAGE_BYTES, TopicSpec, replication_factor
 
@@ -52,6 +55,22 @@ Finish = Callable[[], Awaitable[None]]
 # that must be idempotent (it is retried until it passes) and find no poison (that is the first stage's).
 BatchHandler = Callable[[list[codec.Envelope]], Awaitable[Finish | None]]
 AssignmentListener = Callable[[set[TopicPartition]], None]
+
+
+def may_pass(err: BaseException) -> bool:
+    """Whether a handler's failure may pass by itself, so its record is retried for ever: the
+    network, the broker or the database unreachable or busy (:data:`meshkit.db.TRANSIENT_ERRORS`),
+    or something not there yet (:class:`meshkit.errors.Unavailable`). Anything else is a defect or
+    data the handler cannot take: retried a few times, then dead-lettered with the error."""
+    return isinstance(err, (OSError, KafkaError, errors.Unavailable, *db.TRANSIENT_ERRORS))
+
+
+class _GaveUp(Exception):
+    """A step failed ``attempts`` times for reasons that do not pass by themselves."""
+
+    def __init__(self, attempts: int, error: Exception) -> None:
+        super().__init__(f"failed {attempts} times, last with {error!r}")
+        self.error = error
 
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0,
@@ -167,14 +186,17 @@ class EventConsumer:
     """Consumes ``spec`` in group ``group_id`` and calls ``handler`` once per usable record.
 
     The handler must be idempotent (use :mod:`meshkit.inbox`); raising
-    :class:`meshkit.codec.PoisonMessage` dead-letters the record, any other exception
-    is retried with back-off until it passes or the consumer stops.
+    :class:`meshkit.codec.PoisonMessage` dead-letters the record, an exception that may pass
+    (:func:`may_pass`) is retried with back-off until it passes or the consumer stops, any other
+    is retried until the record has been tried ``attempts`` times, then the record is dead-lettered
+    with the error.
 
     With ``batch_handler``, the usable records of each fetch (up to ``max_records``) are handed
     over together, each partition's in order. It must be idempotent too and should apply a batch
-    atomically: any other exception retries the whole batch; :class:`PoisonMessage` makes the
-    consumer handle the batch's records one at a time — with ``handler`` if given, else with
-    ``batch_handler`` on one-record batches — dead-lettering only those that raise it again.
+    atomically: any other exception retries the whole batch; :class:`PoisonMessage`, or a batch
+    (or its rest) tried ``attempts`` times for reasons that do not pass, makes the consumer handle
+    the batch's records one at a time — with ``handler`` if given, else with ``batch_handler`` on
+    one-record batches — dead-lettering only those that fail so again.
 
     A consumer whose handler depends on what another learns (a contact policy that dates its
     leads) starts once that one has :meth:`caught_up`: pass it as an ``after`` condition.
@@ -197,6 +219,7 @@ class EventConsumer:
         on_assigned: AssignmentListener | None = None,
         commit_every: float = 0.5,
         after: Iterable[Callable[[], Awaitable[bool]]] = (),
+        attempts: int = 5,
     ) -> None:
         assert handler is not None or batch_handler is not None, "a handler or a batch handler is required"
         self.spec = spec
@@ -209,6 +232,7 @@ class EventConsumer:
         self.service = service
         self.stall_seconds = stall_seconds
         self.max_records = max_records
+        self.attempts = attempts
         self.auto_offset_reset = auto_offset_reset
         self.on_assigned = on_assigned
         self.after = tuple(after)  # conditions to hold before the first record is consumed
@@ -426,14 +450,23 @@ class EventConsumer:
             self._last_commit = time.monotonic()
             await self._commit(consumer, offsets)
 
-    async def _finish(self, consumer: AIOKafkaConsumer, finish: Finish | None, handled: int,
+    async def _finish(self, consumer: AIOKafkaConsumer, finish: Finish | None, records: list[ConsumerRecord],
                       offsets: dict[TopicPartition, int], started: float) -> bool:
-        """Run a batch's rest until it passes (it must be idempotent), then commit its offsets;
-        False if stopping first."""
+        """Run a batch's rest until it passes (it must be idempotent), or its records one by one if it
+        keeps failing for reasons that do not pass, then commit its offsets; False if stopping first."""
         topic = self.spec.name
-        if finish is not None and not (await self._until_passes(finish, "batch handler failed; retrying",
-                                                                records=handled))[0]:
-            return False
+        handled = len(records)
+        if finish is not None:
+            try:
+                if not (await self._until_passes(finish, "batch handler failed; retrying", give_up=True,
+                                                 records=handled))[0]:
+                    return False
+            except _GaveUp as gave_up:
+                logger.error("the rest of a batch keeps failing; handling its records one by one", topic=topic,
+                             records=handled, error=repr(gave_up.error))
+                if not await self._one_by_one(records, None):
+                    return False
+                handled = 0  # counted one by one
         if handled:
             self.metrics.messages_consumed.labels(self.service, topic, "processed").inc(handled)
             each = (time.perf_counter() - started) / handled
@@ -481,18 +514,24 @@ class EventConsumer:
             self._flush.clear()
             self._to_commit.clear()  # the next session starts from what the group has committed
 
-    async def _until_passes(self, step: Callable[[], Awaitable[T]], failure: str, **context: object
-                            ) -> tuple[bool, T | None]:
+    async def _until_passes(self, step: Callable[[], Awaitable[T]], failure: str, *, give_up: bool = False,
+                            **context: object) -> tuple[bool, T | None]:
         """Run ``step`` until it raises nothing (a failure may pass: a database or broker restart),
-        retrying with back-off, never skipping; ``(False, None)`` if the consumer stops first."""
-        attempt = 0
+        retrying with back-off, never skipping; ``(False, None)`` if the consumer stops first. With
+        ``give_up``, raise :class:`_GaveUp` once it has failed ``attempts`` times for reasons that
+        do not pass (:func:`may_pass`)."""
+        attempt = defects = 0
         while True:
             try:
                 return True, await step()
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - transient: retry, never skip
+            except Exception as err:  # noqa: BLE001 - retried; given up only if asked to, and not transient
                 attempt += 1
+                if not may_pass(err):
+                    defects += 1
+                    if give_up and defects >= self.attempts:
+                        raise _GaveUp(defects, err) from err
                 self.metrics.message_retries.labels(self.service, self.spec.name).inc()
                 logger.warning(failure, topic=self.spec.name, attempt=attempt, error=repr(err), **context)
                 self._progress = time.monotonic()
@@ -505,19 +544,32 @@ class EventConsumer:
         start = time.perf_counter()
         topic = self.spec.name
 
+        def count(outcome: str) -> None:
+            self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
+            self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
+
         async def once() -> None:
             try:
                 env = codec.decode(self.spec, record.value, record.headers, record.partition)
                 await self._handle_one(env)
-                outcome = "processed"
             except codec.PoisonMessage as poison:
                 await dead_letter(self.producer, self.spec, record, str(poison), self.group_id)
                 logger.warning("dead-lettered", topic=topic, offset=record.offset, reason=str(poison))
-                outcome = "dead_lettered"
-            self.metrics.messages_consumed.labels(self.service, topic, outcome).inc()
-            self.metrics.message_duration.labels(self.service, topic).observe(time.perf_counter() - start)
+                count("dead_lettered")
+                return
+            count("processed")
 
-        return (await self._until_passes(once, "handler failed; retrying", offset=record.offset))[0]
+        try:
+            return (await self._until_passes(once, "handler failed; retrying", give_up=True, offset=record.offset))[0]
+        except _GaveUp as gave_up:
+            reason = str(gave_up)
+            logger.error("dead-lettered: the record keeps failing", topic=topic, offset=record.offset, reason=reason)
+
+            async def park() -> None:
+                await dead_letter(self.producer, self.spec, record, reason, self.group_id)
+                count("dead_lettered")
+
+            return (await self._until_passes(park, "could not dead-letter; retrying", offset=record.offset))[0]
 
     async def _handle_one(self, env: codec.Envelope) -> None:
         if self.handler is not None:
@@ -529,9 +581,9 @@ class EventConsumer:
                 await finish()
 
     async def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]],
-                             finishing: asyncio.Task[bool] | None) -> tuple[Finish | None, int] | None:
+                             finishing: asyncio.Task[bool] | None) -> tuple[Finish | None, list[ConsumerRecord]] | None:
         """Hand a fetch to the batch handler (or its records one by one after a poison batch, once
-        the batch before has finished): the rest of its work and how many records it holds (0:
+        the batch before has finished): the rest of its work and the records handed over (none:
         handled already); None if stopping first."""
         assert self.batch_handler is not None
         topic = self.spec.name
@@ -546,20 +598,29 @@ class EventConsumer:
         if poisoned and not await self._one_by_one(poisoned, finishing):  # dead-letters them
             return None
         if not usable:
-            return None, 0
+            return None, []
         batch_handler = self.batch_handler
 
-        async def hand_over() -> tuple[Finish | None, int] | None:
+        async def hand_over() -> tuple[Finish | None, list[ConsumerRecord]] | None:
             try:
-                return await batch_handler([env for _, env in usable]), len(usable)
+                return await batch_handler([env for _, env in usable]), [record for record, _ in usable]
             except codec.PoisonMessage as poison:
                 logger.info("poison in a batch; handling its records one by one", topic=topic,
                             records=len(usable), reason=str(poison))
-                if not await self._one_by_one([record for record, _ in usable], finishing):
-                    return None
-                return None, 0
+                return await one_by_one()
 
-        return (await self._until_passes(hand_over, "batch handler failed; retrying", records=len(usable)))[1]
+        async def one_by_one() -> tuple[Finish | None, list[ConsumerRecord]] | None:
+            if not await self._one_by_one([record for record, _ in usable], finishing):
+                return None
+            return None, []
+
+        try:
+            return (await self._until_passes(hand_over, "batch handler failed; retrying", give_up=True,
+                                             records=len(usable)))[1]
+        except _GaveUp as gave_up:
+            logger.error("a batch keeps failing; handling its records one by one", topic=topic, records=len(usable),
+                         error=repr(gave_up.error))
+            return await one_by_one()
 
     async def _one_by_one(self, records: list[ConsumerRecord], finishing: asyncio.Task[bool] | None) -> bool:
         """Handle ``records`` one at a time, after the batch before has finished; False if stopping."""

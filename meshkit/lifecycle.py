@@ -75,7 +75,7 @@ class Runtime:
         consumer = EventConsumer(
             spec=spec, group_id=group or f"{self.service}.{spec.name}", bootstrap=self.settings.kafka_bootstrap_servers,
             handler=handler, producer=self.producer, metrics=self.metrics, service=self.service,
-            stall_seconds=self.settings.consumer_stall_seconds, **kw,
+            stall_seconds=self.settings.consumer_stall_seconds, attempts=self.settings.consumer_attempts, **kw,
         )
         self.consumers.append(consumer)
         if not serves_at_once:

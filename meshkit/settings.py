@@ -26,6 +26,10 @@ class ServiceSettings(BaseSettings):
     consumer_stall_seconds: float = Field(
         default=60.0, gt=0, description="A consumer making no progress this long is restarted."
     )
+    consumer_attempts: int = Field(
+        default=5, ge=1, description="Tries at a record that keeps failing for a reason that does not pass by itself "
+        "(a defect, or data its handler cannot take) before it is dead-lettered with the error; failures of the "
+        "network, broker or database are retried for ever.")
     kafka_request_timeout_seconds: float = Field(default=10.0, gt=0)
     outbox_relay: Literal["task", "process"] = Field(
         default="task", description="Where the outbox relay runs: a task of the service's event loop, or a child "

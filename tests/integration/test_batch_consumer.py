@@ -280,3 +280,63 @@ async def test_a_two_stage_batch_handler_prepares_the_next_batch_while_the_rest_
         await asyncio.wait_for(task, 15)
         await producer.stop()
     assert await committed_offset(bootstrap, group, tp) > max(offset_of.values())
+
+
+@pytest.mark.parametrize("stage", ["first stage", "rest"])
+async def test_a_batch_that_keeps_failing_is_handled_one_by_one_and_only_the_culprit_is_dead_lettered(
+    bootstrap: str, stage: str
+) -> None:
+    """A batch whose handler (its first stage, or the rest of its work) keeps failing for a reason
+    that does not pass, because of one record, is tried ``attempts`` times; then its records are
+    handled one at a time: the culprit goes to the dead-letter topic with the error, the others are
+    stored once each and in order, and so are the batches after it."""
+    spec = topics.PORTAL_DEMANDS
+    marker = uuid.uuid4().hex
+    producer = make_producer(bootstrap, "test", linger_ms=5)
+    await producer.start()
+    names = [f"{marker}-{n:02d}" for n in range(40)]
+    culprit = names[13]
+    for name in names:
+        value = events_pb2.PortalDemandSubmitted(portal_demand_id=name).SerializeToString()
+        await producer.send(spec.name, value=value, key=marker.encode(),
+                            headers=codec.make_headers(spec.event_type, "portal", f"e-{name}"))
+    await producer.flush()
+    stored: list[str] = []
+    tries = Counter[str]()
+
+    def cannot_take(mine: list[str]) -> None:
+        if culprit in mine:
+            tries[stage] += 1
+            raise ValueError(f"{culprit}: the handler cannot take it")
+
+    async def batch_handler(envs: list[codec.Envelope]) -> Finish | None:
+        mine = [e.message.portal_demand_id for e in envs  # type: ignore[attr-defined]
+                if e.message.portal_demand_id.startswith(marker)]  # type: ignore[attr-defined]
+        if stage == "first stage":
+            cannot_take(mine)
+
+        async def finish() -> None:
+            if stage == "rest":
+                cannot_take(mine)
+            stored.extend(mine)
+        return finish
+
+    consumer = EventConsumer(spec=spec, group_id=f"g-{marker}", bootstrap=bootstrap, batch_handler=batch_handler,
+                             handler=None, producer=producer, metrics=Metrics(), service="test", max_records=10,
+                             attempts=3)
+    task = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(600):
+            if len(stored) >= len(names) - 1:
+                break
+            await asyncio.sleep(0.1)
+        assert stored == [n for n in names if n != culprit]  # each once, in order, the rest of the topic too
+        assert tries[stage] == 3 + 3  # the batch's tries, then the culprit's alone
+        dead = [r for r in await read_all(bootstrap, spec.dead_letter.name, timeout=5) if r.key == marker.encode()]
+        assert [codec.header(r.headers, codec.EVENT_ID) for r in dead] == [f"e-{culprit}"]
+        reason = codec.header(dead[0].headers, codec.DLQ_REASON)
+        assert "failed 3 times" in reason and "cannot take it" in reason, reason
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import asyncpg
@@ -38,9 +39,10 @@ async def read_all(bootstrap: str, topic: str, want: int, timeout: float = 20.0)
 
 
 def scratch_topic(name: str, partitions: int) -> topics.TopicSpec:
-    """A topic of one test's own, carrying ``DemandAccepted``."""
+    """A topic of one test's own, carrying ``DemandAccepted``, with its dead-letter topic."""
+    dead_letter = topics.TopicSpec(f"test.{name}.dlq", None, "", "test", (), 1, "Its dead letters.")
     return topics.TopicSpec(f"test.{name}", events_pb2.DemandAccepted, "demand.demand_id", "test", ("test",),
-                            partitions, "A test's own.")
+                            partitions, "A test's own.", dead_letter=dead_letter)
 
 
 def accepted(demand_id: str) -> events_pb2.DemandAccepted:
@@ -199,6 +201,62 @@ async def test_consumer_dead_letters_poison_retries_failures_and_skips_nothing(
         await asyncio.wait_for(task, 15)
         await producer.stop()
         await pool.close()
+
+
+async def test_a_record_that_keeps_failing_is_dead_lettered_with_its_error_and_the_topic_goes_on(
+    bootstrap: str
+) -> None:
+    """A record whose handler keeps failing for a reason that does not pass by itself (a defect, or
+    data it cannot take) is tried ``attempts`` times, then dead-lettered with the error; the records
+    after it on its partition are handled, and the topic is caught up (what waits on it starts).
+    A database that stays away for longer than those tries holds its record back, never dead-letters it."""
+    marker = uuid.uuid4().hex[:8]
+    spec = scratch_topic(f"failing-{marker}", 1)
+    await ensure_topics(bootstrap, [spec])
+    producer = make_producer(bootstrap, "test")
+    await producer.start()
+    tries: Counter[str] = Counter()
+    handled: list[str] = []
+
+    async def handler(env: codec.Envelope) -> None:
+        demand_id = env.message.demand.demand_id  # type: ignore[attr-defined]
+        tries[demand_id] += 1
+        if demand_id.endswith("broken"):
+            raise KeyError("srdi_tier")  # a defect: it fails so every time
+        if demand_id.endswith("away") and tries[demand_id] <= 5:
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+        handled.append(demand_id)
+
+    names = [f"{marker}-{n}" for n in ("1", "broken", "away", "2")]
+    for name in names:
+        await producer.send_and_wait(spec.name, value=accepted(name).SerializeToString(), key=b"k",
+                                     headers=codec.make_headers(spec.event_type, "test", f"e-{name}"))
+    metrics = Metrics()
+    consumer = EventConsumer(spec=spec, group_id=f"g-{marker}", bootstrap=bootstrap, handler=handler,
+                             producer=producer, metrics=metrics, service="test", attempts=3)
+    task = asyncio.create_task(consumer.run())
+    try:
+        assert await eventually(lambda: asyncio.sleep(0, handled), lambda h: len(h) >= 3, timeout=60) == [
+            f"{marker}-1", f"{marker}-away", f"{marker}-2"]
+        assert tries[f"{marker}-broken"] == 3
+        assert tries[f"{marker}-away"] == 6  # past the 3 tries: the database's failures are waited out
+        dead = await read_all(bootstrap, spec.dead_letter.name, 1, timeout=10)
+        assert [accepted_id(r.value) for r in dead] == [f"{marker}-broken"]
+        reason = codec.header(dead[0].headers, codec.DLQ_REASON)
+        assert "failed 3 times" in reason and "KeyError('srdi_tier')" in reason, reason
+        assert codec.header(dead[0].headers, codec.DLQ_ORIGIN) == f"{spec.name}/0@1"
+        assert codec.header(dead[0].headers, codec.EVENT_ID) == f"e-{marker}-broken"
+        assert await eventually(consumer.caught_up, bool, timeout=10)
+        assert metrics.registry.get_sample_value("finmesh_messages_consumed_total", {
+            "service": "test", "topic": spec.name, "outcome": "dead_lettered"}) == 1
+    finally:
+        await consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()
+
+
+def accepted_id(value: bytes) -> str:
+    return events_pb2.DemandAccepted.FromString(value).demand.demand_id
 
 
 async def test_a_member_with_no_partition_is_assigned_too(bootstrap: str) -> None:
