@@ -38,6 +38,25 @@ logger = log.get(__name__)
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
+async def every(interval_seconds: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+    """A background pass: run ``step`` every ``interval_seconds`` until cancelled. A failure (a
+    database restart) is logged and the pass runs again next round."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a database restart: try again next round
+            logger.exception(f"{what} failed; retrying")
+        await asyncio.sleep(interval_seconds)
+
+
+async def drain(batch: Callable[[], Awaitable[int]]) -> None:
+    """Run ``batch`` (which handles what is due, a batch at a time, and says how many) until nothing is left."""
+    while await batch() > 0:
+        pass
+
+
 class Runtime:
     """Everything a running service holds, in the order it is started and stopped."""
 

@@ -35,6 +35,7 @@ from meshkit.errors import (
     require,
 )
 from meshkit.kafka import ensure_topics
+from meshkit.lifecycle import drain, every
 from meshkit.metrics import Metrics
 from services.demand import domain as d
 from services.demand import mapping, store
@@ -537,15 +538,7 @@ class Demands:
 
     async def run_expiry(self, interval_seconds: float = 30.0) -> None:
         """The background task: expire due demands every ``interval_seconds``, until cancelled."""
-        while True:
-            try:
-                while await self.expire_due() > 0:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a database restart: try again next round
-                logger.exception("expiry pass failed; retrying")
-            await asyncio.sleep(interval_seconds)
+        await every(interval_seconds, lambda: drain(self.expire_due), "expiry pass")
 
     # -- the matcher's outcome --------------------------------------------------------------------------------
 

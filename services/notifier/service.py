@@ -19,6 +19,7 @@ from finmesh.notification.v1.events_pb2 import ContactPolicyChanged
 from meshkit import apikeys, codec, ids, inbox, institutions, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import NotFound, PermissionDenied
+from meshkit.lifecycle import drain, every
 from meshkit.metrics import Metrics
 from meshkit.paging import Page
 from services.notifier import domain, mapping, store
@@ -222,18 +223,15 @@ class Notifier:
         catches up at once), and count the running clocks for their gauge every ``count_every_seconds``
         (a count reads every running clock: three days' leads)."""
         counted = -math.inf
-        while True:
-            try:
-                while await self.tick_clocks() > 0:
-                    pass
-                if time.monotonic() - counted >= count_every_seconds:
-                    self.metrics.clocks_open.set(await store.running_clocks(self.pool))
-                    counted = time.monotonic()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a database restart: try again next round
-                logger.exception("contact clock pass failed; retrying")
-            await asyncio.sleep(interval_seconds)
+
+        async def clock_pass() -> None:
+            nonlocal counted
+            await drain(self.tick_clocks)
+            if time.monotonic() - counted >= count_every_seconds:
+                self.metrics.clocks_open.set(await store.running_clocks(self.pool))
+                counted = time.monotonic()
+
+        await every(interval_seconds, clock_pass, "contact clock pass")
 
     async def get_clock(self, lead_id: str) -> LeadClock:
         clock = await store.get_clock(self.pool, lead_id)

@@ -12,7 +12,6 @@ from an injectable clock.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from datetime import datetime
 
@@ -22,6 +21,7 @@ from google.protobuf.message import Message
 from meshkit import apikeys, codec, ids, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, require
+from meshkit.lifecycle import every
 from meshkit.metrics import Metrics
 from services.demand.domain import Reference
 from services.roadshow import domain as r
@@ -176,14 +176,7 @@ class Roadshows:
 
     async def run_schedule(self, interval_seconds: float) -> None:
         """The background task: keep the schedule every ``interval_seconds``, until cancelled."""
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a database restart: try again next round
-                logger.exception("roadshow schedule pass failed; retrying")
-            await asyncio.sleep(interval_seconds)
+        await every(interval_seconds, self.tick, "roadshow schedule pass")
 
     # -- applications ---------------------------------------------------------------------------------------
 
