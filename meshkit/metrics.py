@@ -83,6 +83,11 @@ class Metrics:
         self.demands_unmatched = Counter(
             "finmesh_demands_no_match_total", "Demands for which no product was eligible.", registry=r
         )
+        self.receivable_changes = Counter(
+            "finmesh_receivable_changes_total", "Changes of registered receivables and payment prompts, by kind "
+            "(uploaded, blocked_duplicate, confirmed, financed, payment_due, overdue, settled, ...).", ["change"],
+            registry=r,
+        )
         self.demand_to_lead = Histogram(
             "finmesh_demand_to_leads_seconds", "Time from a demand's acceptance to its leads being stored.",
             buckets=LATENCY_BUCKETS, registry=r,

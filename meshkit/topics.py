@@ -24,6 +24,7 @@ from finmesh.institution.v1 import events_pb2 as institution_events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching_events
 from finmesh.notification.v1 import events_pb2 as notification_events
+from finmesh.receivable.v1 import events_pb2 as receivable_events
 from finmesh.roadshow.v1 import events_pb2 as roadshow_events
 
 DAY_MS = 24 * 3600 * 1000
@@ -287,6 +288,17 @@ ROADSHOW_INTENTS = TopicSpec(
     description="Investors' intents recorded at roadshows; each becomes a lead for the investor (origin ROADSHOW).",
     dead_letter=ROADSHOW_INTENTS_DLQ,
 )
+RECEIVABLES_CHANGED = TopicSpec(
+    name="demand.receivable-changed.v1",
+    message=receivable_events.ReceivableChanged,
+    key_field="receivable.receivable_id",
+    owner="demand",
+    consumers=("core enterprises' and financiers' systems",),
+    partitions=3,
+    description="Every change of a registered receivable (uploaded, confirmed, disputed, blocked as a duplicate, "
+                "financed and its payee changed, settled), the payment prompts at 7 days, 1 day and 0 days before "
+                "its due date, and overdue ones, in order per receivable.",
+)
 
 REGISTRY: tuple[TopicSpec, ...] = (
     PORTAL_DEMANDS,
@@ -317,6 +329,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     ROADSHOW_NOTICES_DLQ,
     ROADSHOW_INTENTS,
     ROADSHOW_INTENTS_DLQ,
+    RECEIVABLES_CHANGED,
 )
 
 _INSTITUTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")

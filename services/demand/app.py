@@ -12,12 +12,16 @@ from finmesh.institution.v1 import institution_pb2 as ipb
 from finmesh.institution.v1 import institution_pb2_grpc as ipb_grpc
 from finmesh.lead.v1 import lead_pb2 as lpb
 from finmesh.lead.v1 import lead_pb2_grpc as lpb_grpc
+from finmesh.receivable.v1 import receivable_pb2 as rpb
+from finmesh.receivable.v1 import receivable_pb2_grpc as rpb_grpc
 from meshkit import codec, topics
 from meshkit.clock import Clock
 from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import Runtime
 from services.demand import consumers, reference, stats_api
 from services.demand.api import DemandApi, EnterpriseApi, InstitutionApi, LeadApi
+from services.demand.receivables.api import ReceivableApi
+from services.demand.receivables.service import Receivables
 from services.demand.service import Demands, Enterprises, Institutions
 
 SCHEMA = "demand"
@@ -27,8 +31,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # start on a bare broker).
 TOPICS = (topics.PORTAL_DEMANDS, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED, topics.ENTERPRISES_CHANGED,
           topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
-          topics.LEAD_OUTCOMES, topics.LEAD_SLA_BREACHED, topics.ROADSHOW_INTENTS, topics.CONTACT_POLICIES_CHANGED)
+          topics.LEAD_OUTCOMES, topics.LEAD_SLA_BREACHED, topics.ROADSHOW_INTENTS, topics.CONTACT_POLICIES_CHANGED,
+          topics.RECEIVABLES_CHANGED)
 EXPIRY_INTERVAL_SECONDS = 30.0
+MATURITY_INTERVAL_SECONDS = 300.0  # receivables' payment prompts are by the day
 
 
 async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
@@ -47,6 +53,9 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
                 dpb.DESCRIPTOR.services_by_name["DemandService"])
     rt.grpc.add(lpb_grpc.add_LeadServiceServicer_to_server, LeadApi(demands, institutions),
                 lpb.DESCRIPTOR.services_by_name["LeadService"])
+    receivables = Receivables(rt.pool, rt.metrics, schema=SCHEMA, clock=clock)
+    rt.grpc.add(rpb_grpc.add_ReceivableServiceServicer_to_server, ReceivableApi(receivables, institutions),
+                rpb.DESCRIPTOR.services_by_name["ReceivableService"])
     rt.consume(topics.PORTAL_DEMANDS, consumers.portal_intake(demands),
                batch_handler=consumers.portal_intake_batch(demands), max_records=PORTAL_BATCH)
     rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(demands))
@@ -57,4 +66,5 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands), after=[policies.caught_up],
                serves_at_once=True)
     rt.task(lambda: demands.run_expiry(EXPIRY_INTERVAL_SECONDS))
+    rt.task(lambda: receivables.run_maturity(MATURITY_INTERVAL_SECONDS))
     stats_api.register(rt)
