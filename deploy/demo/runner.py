@@ -18,7 +18,7 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from deploy.demo import dataset as ds
 from finmesh.catalog.v1 import events_pb2 as catalog_events
 from finmesh.catalog.v1 import product_pb2 as cat
 from finmesh.catalog.v1 import product_pb2_grpc as cat_grpc
+from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dem
 from finmesh.demand.v1 import demand_pb2_grpc as dem_grpc
 from finmesh.demand.v1 import events_pb2 as demand_events
@@ -42,6 +43,8 @@ from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2 as ins
 from finmesh.institution.v1 import institution_pb2_grpc as ins_grpc
 from finmesh.matching.v1 import events_pb2 as matching
+from finmesh.receivable.v1 import receivable_pb2 as rcv
+from finmesh.receivable.v1 import receivable_pb2_grpc as rcv_grpc
 from finmesh.roadshow.v1 import roadshow_pb2 as rs
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
 from meshkit import apikeys, codec, ids, topics
@@ -55,6 +58,7 @@ DEFAULT_ADDRESSES = {"demand": "127.0.0.1:50051", "matcher": "127.0.0.1:50052", 
 LOAD_CONCURRENCY = 64
 SUBMIT_CONCURRENCY = 64
 RECENT_LEADS = 15
+FACTOR = "changhong-factoring"  # finances the demo's supply-chain receivables
 CALL_TIMEOUT = 15.0
 PRODUCER_ID = "demo"
 
@@ -430,6 +434,56 @@ async def roadshows_table(target: Target) -> Table:
     return table
 
 
+async def receivables_table(target: Target, data: ds.Dataset) -> Table:
+    """A core enterprise's suppliers finance their receivables on it (ReceivableService): each
+    supplier uploads an invoice, the core enterprise confirms it, the supplier applies to a factor,
+    which approves and becomes the payee; one supplier uploads its invoice twice and the copy is
+    blocked. Request ids carry the day, so a second run the same day finds what the first made."""
+    core = next(e for e in data.enterprises if e.size == fin.ENTERPRISE_SIZE_LARGE)
+    suppliers = [e for e in data.enterprises if e.size in (fin.ENTERPRISE_SIZE_SMALL, fin.ENTERPRISE_SIZE_MICRO)][:4]
+    today = datetime.now(UTC).date()
+    key = read_keys(target.keys_file).get(FACTOR, "")
+    table = Table(title=f"supply-chain receivables on {core.name}, due in 60 days (ReceivableService)",
+                  title_justify="left", show_edge=False, padding=(0, 1))
+    table.add_column("supplier", max_width=16, no_wrap=True)
+    for name in ("invoice", "yuan", "status", "payee"):
+        table.add_column(name, no_wrap=True)
+    async with grpc.aio.insecure_channel(target.demand_addr) as channel:
+        stub = rcv_grpc.ReceivableServiceStub(channel)
+        for n, supplier in enumerate(suppliers):
+            invoice = rcv.Receivable(
+                supplier_uscc=supplier.uscc, debtor_uscc=core.uscc, document_kind=rcv.DOCUMENT_KIND_INVOICE,
+                document_number=f"INV-{today:%Y%m%d}-{n + 1:03d}", document_date=f"{today - timedelta(days=10)}",
+                due_date=f"{today + timedelta(days=60)}",
+                face_amount_fen=(n + 1) * 125_000_000,  # 1.25 million yuan a step
+                uploaded_by=rcv.PARTY_SUPPLIER)
+            x = (await stub.UploadReceivable(rcv.UploadReceivableRequest(
+                request_id=f"demo-{today}-{n}", receivable=invoice), timeout=CALL_TIMEOUT)).receivable
+            if x.status == rcv.RECEIVABLE_STATUS_PENDING_CONFIRMATION:
+                x = (await stub.ConfirmReceivable(rcv.ConfirmReceivableRequest(
+                    receivable_id=x.receivable_id, debtor_uscc=core.uscc), timeout=CALL_TIMEOUT)).receivable
+            if x.status == rcv.RECEIVABLE_STATUS_CONFIRMED and key:
+                await stub.RequestFinancing(rcv.RequestFinancingRequest(
+                    receivable_id=x.receivable_id, supplier_uscc=supplier.uscc, institution_id=FACTOR,
+                    amount_fen=x.confirmed_amount_fen * 9 // 10, kind=rcv.FINANCING_KIND_ASSIGNMENT),
+                    timeout=CALL_TIMEOUT)
+                x = (await stub.DecideFinancing(rcv.DecideFinancingRequest(
+                    receivable_id=x.receivable_id, approve=True, rate_bps=420), timeout=CALL_TIMEOUT,
+                    metadata=((apikeys.HEADER, key),))).receivable
+            rows = [x]
+            if n == 0:  # the same invoice again, its number typed another way
+                copy = rcv.Receivable()
+                copy.CopyFrom(invoice)
+                copy.document_number = invoice.document_number.lower().replace("-", " ")
+                rows.append((await stub.UploadReceivable(rcv.UploadReceivableRequest(
+                    request_id=f"demo-{today}-{n}-copy", receivable=copy), timeout=CALL_TIMEOUT)).receivable)
+            for r in rows:
+                table.add_row(supplier.name, r.document_number, yuan(r.face_amount_fen),
+                              rcv.ReceivableStatus.Name(r.status).removeprefix("RECEIVABLE_STATUS_").lower(),
+                              r.current_payee)
+    return table
+
+
 # -- feeding demands and watching leads --------------------------------------------------------------
 
 
@@ -568,6 +622,10 @@ async def run(mesh: Any, *, rate: float | None = None, seed: int = ds.DEFAULT_SE
             console.print(await roadshows_table(target))
         except grpc.aio.AioRpcError as err:  # the demo goes on without it
             console.print(f"[yellow]roadshows unavailable: {err.code().name}[/]")
+        try:
+            console.print(await receivables_table(target, data))
+        except grpc.aio.AioRpcError as err:  # the demo goes on without it
+            console.print(f"[yellow]receivables: {err.code().name} {err.details()}[/]")
         console.print("subscribing to the lead topics …")
         summary = (f"{len(data.institutions)} institutions · {len(data.products)} products · "
                    f"{len(data.enterprises):,} enterprises")
