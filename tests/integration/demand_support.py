@@ -10,10 +10,16 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from google.protobuf.timestamp_pb2 import Timestamp
+from waiting import eventually
 
 from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dm
 from finmesh.enterprise.v1 import enterprise_pb2 as ent
+from finmesh.institution.v1 import institution_pb2 as inst
+from finmesh.lead.v1 import lead_pb2 as ld
+from finmesh.matching.v1 import events_pb2 as matching
+from meshkit import codec, ids, topics
 from services.demand.domain import uscc_check_char
 
 if TYPE_CHECKING:
@@ -89,3 +95,41 @@ async def rpc_error(call) -> grpc.aio.AioRpcError:  # noqa: ANN001
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     return info.value
+
+
+async def register_bank(stubs: Stubs, name: str) -> tuple[str, str]:
+    institution_id = f"{name}-{uuid.uuid4().hex[:6]}"
+    reply = await stubs.institutions.RegisterInstitution(inst.RegisterInstitutionRequest(institution=inst.Institution(
+        institution_id=institution_id, name=name.upper(), type=inst.INSTITUTION_TYPE_BANK, regions_served=["35"])))
+    assert reply.created and reply.api_key
+    return institution_id, reply.api_key
+
+
+async def demand_with_leads(stubs: Stubs, producer, banks: list[str], **kw: object  # noqa: ANN001
+                            ) -> tuple[dm.Demand, list[str]]:
+    """A demand the matcher (played by the test) gave one lead per bank; returns it and the lead ids."""
+    uscc = await registered(stubs)
+    demand = await submit(stubs, uscc, **kw)
+    now = int(time.time())
+    leads = [
+        ld.Lead(lead_id=ids.lead_id(demand.demand_id, f"{bank}-loan"), demand_id=demand.demand_id,
+                institution_id=bank, product_id=f"{bank}-loan", product_version=1,
+                origin=ld.LEAD_ORIGIN_INTELLIGENT_MATCH, score=90 - rank, rank=rank, rules_version="r1",
+                status=ld.LEAD_STATUS_CREATED, created_at=Timestamp(seconds=now),
+                contact_due_at=Timestamp(seconds=now + 72 * 3600),
+                explanation=[ld.CriterionResult(criterion="amount_fen", demand_value="5000000", product_value="1..9",
+                                                verdict=ld.VERDICT_PASS, points=30, critical=True)])
+        for rank, bank in enumerate(banks, start=1)
+    ]
+    event = matching.DemandMatched(demand_id=demand.demand_id, enterprise_uscc=uscc, leads=leads)
+    spec = topics.DEMANDS_MATCHED
+    await producer.send_and_wait(spec.name, value=event.SerializeToString(), key=spec.key_of(event),
+                                 headers=codec.make_headers(spec.event_type, "matcher"))
+    got = await eventually(lambda: _demand(stubs, demand.demand_id),
+                           lambda x: x.status == dm.DEMAND_STATUS_LEADS_ISSUED)
+    assert got.status == dm.DEMAND_STATUS_LEADS_ISSUED
+    return got, [lead.lead_id for lead in leads]
+
+
+async def _demand(stubs: Stubs, demand_id: str) -> dm.Demand:
+    return (await stubs.demands.GetDemand(dm.GetDemandRequest(demand_id=demand_id))).demand

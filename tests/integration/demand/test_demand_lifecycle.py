@@ -34,10 +34,12 @@ if TYPE_CHECKING:
 from demand_support import (  # noqa: I001 - the test folder's own helpers
     WAN,
     demand_request,
+    demand_with_leads,
     enterprise,
     headers,
     new_uscc,
     read_topic,
+    register_bank,
     registered,
     rpc_error,
     submit,
@@ -139,14 +141,6 @@ async def test_a_bad_uscc_and_values_outside_the_reference_are_refused(stubs: St
 
 
 # -- institutions ----------------------------------------------------------------------------------------------
-
-
-async def register_bank(stubs: Stubs, name: str) -> tuple[str, str]:
-    institution_id = f"{name}-{uuid.uuid4().hex[:6]}"
-    reply = await stubs.institutions.RegisterInstitution(inst.RegisterInstitutionRequest(institution=inst.Institution(
-        institution_id=institution_id, name=name.upper(), type=inst.INSTITUTION_TYPE_BANK, regions_served=["35"])))
-    assert reply.created and reply.api_key
-    return institution_id, reply.api_key
 
 
 async def test_an_institution_rotates_its_key_and_the_old_one_stops_working(stubs: Stubs, bootstrap: str) -> None:
@@ -320,31 +314,6 @@ async def test_the_same_need_through_two_channels_is_linked_not_matched_twice(st
 
 
 # -- leads and their outcomes -------------------------------------------------------------------------------------
-
-
-async def demand_with_leads(stubs: Stubs, producer, banks: list[str], **kw: object  # noqa: ANN001
-                            ) -> tuple[dm.Demand, list[str]]:
-    """A demand the matcher (played by the test) gave one lead per bank; returns it and the lead ids."""
-    uscc = await registered(stubs)
-    demand = await submit(stubs, uscc, **kw)
-    now = int(time.time())
-    leads = [
-        ld.Lead(lead_id=ids.lead_id(demand.demand_id, f"{bank}-loan"), demand_id=demand.demand_id,
-                institution_id=bank, product_id=f"{bank}-loan", product_version=1,
-                origin=ld.LEAD_ORIGIN_INTELLIGENT_MATCH, score=90 - rank, rank=rank, rules_version="r1",
-                status=ld.LEAD_STATUS_CREATED, created_at=Timestamp(seconds=now),
-                contact_due_at=Timestamp(seconds=now + 72 * 3600),
-                explanation=[ld.CriterionResult(criterion="amount_fen", demand_value="5000000", product_value="1..9",
-                                                verdict=ld.VERDICT_PASS, points=30, critical=True)])
-        for rank, bank in enumerate(banks, start=1)
-    ]
-    event = matching.DemandMatched(demand_id=demand.demand_id, enterprise_uscc=uscc, leads=leads)
-    spec = topics.DEMANDS_MATCHED
-    await producer.send_and_wait(spec.name, value=event.SerializeToString(), key=spec.key_of(event),
-                                 headers=codec.make_headers(spec.event_type, "matcher"))
-    got = await eventually(lambda: get(stubs, demand.demand_id), lambda x: x.status == dm.DEMAND_STATUS_LEADS_ISSUED)
-    assert got.status == dm.DEMAND_STATUS_LEADS_ISSUED
-    return got, [lead.lead_id for lead in leads]
 
 
 def key_of(key: str) -> tuple[tuple[str, str]]:
