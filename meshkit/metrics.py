@@ -88,6 +88,11 @@ class Metrics:
             "(uploaded, blocked_duplicate, confirmed, financed, payment_due, overdue, settled, ...).", ["change"],
             registry=r,
         )
+        self.subsidy_grants = Counter(
+            "finmesh_subsidy_grants_total", "Interest subsidy grants by what happened: reserved (a loan approved), "
+            "utilised (disbursed), released (settled), none (no fund fits or has room).",
+            ["outcome"], registry=r,
+        )
         self.demand_to_lead = Histogram(
             "finmesh_demand_to_leads_seconds", "Time from a demand's acceptance to its leads being stored.",
             buckets=LATENCY_BUCKETS, registry=r,

@@ -26,6 +26,7 @@ from finmesh.matching.v1 import events_pb2 as matching_events
 from finmesh.notification.v1 import events_pb2 as notification_events
 from finmesh.receivable.v1 import events_pb2 as receivable_events
 from finmesh.roadshow.v1 import events_pb2 as roadshow_events
+from finmesh.subsidy.v1 import events_pb2 as subsidy_events
 
 DAY_MS = 24 * 3600 * 1000
 MAX_MESSAGE_BYTES = 1024 * 1024  # our own limit for any payload (1 MiB)
@@ -242,13 +243,13 @@ DEMAND_STATUS_CHANGED = TopicSpec(
     description="Every status change of every demand, with time, actor and reason, in order per demand.",
     dead_letter=DEMAND_STATUS_CHANGED_DLQ,
 )
-LEAD_STATUS_CHANGED_DLQ = _dlq("demand.lead-status-changed.v1", owner="matcher, notifier, roadshow")
+LEAD_STATUS_CHANGED_DLQ = _dlq("demand.lead-status-changed.v1", owner="matcher, notifier, roadshow, demand")
 LEAD_STATUS_CHANGED = TopicSpec(
     name="demand.lead-status-changed.v1",
     message=lead_events.LeadStatusChanged,
     key_field="lead.demand_id",
     owner="demand",
-    consumers=("matcher", "notifier", "roadshow", "read models"),
+    consumers=("matcher", "notifier", "roadshow", "demand (subsidies)", "read models"),
     partitions=6,
     description="Every status change of every lead with its outcome (offer, disbursement, decline); "
                 "keyed by demand id, so a demand's leads stay in order.",
@@ -300,6 +301,17 @@ RECEIVABLES_CHANGED = TopicSpec(
                 "its due date, and overdue ones, in order per receivable.",
 )
 
+SUBSIDY_GRANTS_CHANGED = TopicSpec(
+    name="demand.subsidy-grant-changed.v1",
+    message=subsidy_events.GrantChanged,
+    key_field="grant.enterprise_uscc",
+    owner="demand",
+    consumers=("subsidy funds' and enterprises' systems",),
+    partitions=3,
+    description="Interest subsidies granted without application when a loan is approved, used when it is "
+                "disbursed, released for reuse when it is settled; with the fund's quota left.",
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     PORTAL_DEMANDS,
     PORTAL_DEMANDS_DLQ,
@@ -330,6 +342,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     ROADSHOW_INTENTS,
     ROADSHOW_INTENTS_DLQ,
     RECEIVABLES_CHANGED,
+    SUBSIDY_GRANTS_CHANGED,
 )
 
 _INSTITUTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")

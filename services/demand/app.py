@@ -14,6 +14,8 @@ from finmesh.lead.v1 import lead_pb2 as lpb
 from finmesh.lead.v1 import lead_pb2_grpc as lpb_grpc
 from finmesh.receivable.v1 import receivable_pb2 as rpb
 from finmesh.receivable.v1 import receivable_pb2_grpc as rpb_grpc
+from finmesh.subsidy.v1 import subsidy_pb2 as spb
+from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
 from meshkit import codec, topics
 from meshkit.clock import Clock
 from meshkit.kafka import ensure_topics
@@ -23,6 +25,8 @@ from services.demand.api import DemandApi, EnterpriseApi, InstitutionApi, LeadAp
 from services.demand.receivables.api import ReceivableApi
 from services.demand.receivables.service import Receivables
 from services.demand.service import Demands, Enterprises, Institutions
+from services.demand.subsidies.api import SubsidyApi
+from services.demand.subsidies.service import Subsidies
 
 SCHEMA = "demand"
 PORTAL_BATCH = 1000  # portal records stored per transaction (bench/intake.py)
@@ -32,7 +36,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 TOPICS = (topics.PORTAL_DEMANDS, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED, topics.ENTERPRISES_CHANGED,
           topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
           topics.LEAD_OUTCOMES, topics.LEAD_SLA_BREACHED, topics.ROADSHOW_INTENTS, topics.CONTACT_POLICIES_CHANGED,
-          topics.RECEIVABLES_CHANGED)
+          topics.RECEIVABLES_CHANGED, topics.SUBSIDY_GRANTS_CHANGED)
 EXPIRY_INTERVAL_SECONDS = 30.0
 MATURITY_INTERVAL_SECONDS = 300.0  # receivables' payment prompts are by the day
 
@@ -56,11 +60,16 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     receivables = Receivables(rt.pool, rt.metrics, schema=SCHEMA, clock=clock)
     rt.grpc.add(rpb_grpc.add_ReceivableServiceServicer_to_server, ReceivableApi(receivables, institutions),
                 rpb.DESCRIPTOR.services_by_name["ReceivableService"])
+    subsidies = Subsidies(rt.pool, rt.metrics, schema=SCHEMA, clock=clock)
+    rt.grpc.add(spb_grpc.add_SubsidyServiceServicer_to_server, SubsidyApi(subsidies, institutions),
+                spb.DESCRIPTOR.services_by_name["SubsidyService"])
     rt.consume(topics.PORTAL_DEMANDS, consumers.portal_intake(demands),
                batch_handler=consumers.portal_intake_batch(demands), max_records=PORTAL_BATCH)
     rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(demands))
     rt.consume(topics.LEAD_OUTCOMES, consumers.lead_outcome_reported(demands))
     rt.consume(topics.LEAD_SLA_BREACHED, consumers.lead_sla_breached(demands))
+    # Interest subsidies follow the leads' outcomes, from this service's own events.
+    rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(subsidies), group=f"{rt.service}.subsidies")
     policies = rt.consume(topics.CONTACT_POLICIES_CHANGED, consumers.contact_policy_changed(demands))
     # An intent's lead is dated by its institution's policy: the ones announced before start come first.
     rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands), after=[policies.caught_up],

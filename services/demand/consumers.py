@@ -1,5 +1,5 @@
-"""Kafka consumers: portal intake, the matcher's outcomes and institutions' lead outcomes
-(translate and delegate)."""
+"""Kafka consumers: portal intake, the matcher's outcomes, institutions' lead outcomes, and the
+leads' status changes that make interest subsidies (translate and delegate)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from meshkit.topics import valid_institution_id as topics_valid
 from services.demand import domain as d
 from services.demand import mapping
 from services.demand.service import Demands, Intake, RoadshowIntent, Submission
+from services.demand.subsidies.service import Subsidies
 
 PORTAL_CHANNELS = (d.Channel.ONLINE_PORTAL, d.Channel.OFFLINE_WINDOW)
 
@@ -124,6 +125,18 @@ def lead_sla_breached(demands: Demands) -> Handler:
             raise PoisonMessage("invalid breach: lead_id: is required")
         at = msg.breached_at.ToDatetime(tzinfo=UTC) if msg.HasField("breached_at") else env.occurred_at
         await demands.record_sla_breach(env.event_id, msg.lead_id, at)
+
+    return handle
+
+
+def lead_status_changed(subsidies: Subsidies) -> Handler:
+    """``LeadStatusChanged`` (this service's own) → interest subsidies granted, used or released."""
+
+    async def handle(env: Envelope) -> None:
+        msg: lead_events.LeadStatusChanged = env.message  # type: ignore[assignment]
+        if not msg.lead.lead_id:
+            raise PoisonMessage("invalid lead status change: lead.lead_id: is required")
+        await subsidies.lead_changed(env.event_id, msg)
 
     return handle
 

@@ -1,0 +1,49 @@
+"""gRPC: SubsidyService (translate and delegate). A lender reports a loan settled with its API key
+(``x-api-key``)."""
+
+from __future__ import annotations
+
+import grpc
+
+from finmesh.subsidy.v1 import subsidy_pb2 as spb
+from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
+from meshkit import apikeys
+from meshkit.paging import Page
+from services.demand.service import Institutions
+from services.demand.subsidies import mapping
+from services.demand.subsidies.service import Subsidies
+
+
+class SubsidyApi(spb_grpc.SubsidyServiceServicer):
+    def __init__(self, subsidies: Subsidies, institutions: Institutions) -> None:
+        self.subsidies = subsidies
+        self.institutions = institutions
+
+    async def CreateFund(self, request: spb.CreateFundRequest, context: grpc.aio.ServicerContext
+                         ) -> spb.CreateFundResponse:
+        f, created = await self.subsidies.create_fund(mapping.fund_from_pb(request.fund))
+        return spb.CreateFundResponse(fund=mapping.fund_to_pb(f), created=created)
+
+    async def GetFund(self, request: spb.GetFundRequest, context: grpc.aio.ServicerContext) -> spb.GetFundResponse:
+        return spb.GetFundResponse(fund=mapping.fund_to_pb(await self.subsidies.get_fund(request.fund_id.strip())))
+
+    async def ListFunds(self, request: spb.ListFundsRequest, context: grpc.aio.ServicerContext
+                        ) -> spb.ListFundsResponse:
+        page = Page.of(request.page_size, request.page_token)
+        found = await self.subsidies.list_funds(page.size + 1, page.offset)
+        return spb.ListFundsResponse(funds=[mapping.fund_to_pb(f) for f in found[: page.size]],
+                                     next_page_token=page.next_token(len(found)))
+
+    async def ListGrants(self, request: spb.ListGrantsRequest, context: grpc.aio.ServicerContext
+                         ) -> spb.ListGrantsResponse:
+        page = Page.of(request.page_size, request.page_token)
+        found = await self.subsidies.list_grants(fund_id=request.fund_id, enterprise_uscc=request.enterprise_uscc,
+                                                 status=int(request.status), limit=page.size + 1, offset=page.offset)
+        return spb.ListGrantsResponse(grants=[mapping.grant_to_pb(g) for g in found[: page.size]],
+                                      next_page_token=page.next_token(len(found)))
+
+    async def ReportLoanSettled(self, request: spb.ReportLoanSettledRequest, context: grpc.aio.ServicerContext
+                                ) -> spb.ReportLoanSettledResponse:
+        institution_id = await self.institutions.authenticate(apikeys.from_context(context))
+        g, changed = await self.subsidies.settled(institution_id, request.lead_id.strip())
+        return spb.ReportLoanSettledResponse(grant=mapping.grant_to_pb(g), changed=changed)

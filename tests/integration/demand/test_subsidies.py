@@ -1,0 +1,132 @@
+"""Interest subsidies through SubsidyService and the leads' outcomes, on the real broker and
+database: a fund is created once; an approved loan of an eligible enterprise gets a grant without
+any application, its disbursal uses it (recomputed on what was disbursed, the rest given back), the
+lender's settlement releases it for reuse, a fund without room grants nothing, and every grant
+change is announced."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from demand_support import WAN, demand_with_leads, read_topic, register_bank, rpc_error
+from google.protobuf.timestamp_pb2 import Timestamp
+from waiting import eventually
+
+from finmesh.lead.v1 import lead_pb2 as ld
+from finmesh.subsidy.v1 import events_pb2 as sev
+from finmesh.subsidy.v1 import subsidy_pb2 as spb
+from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
+from meshkit import topics
+from meshkit.grpcserver import field_violations
+from meshkit.lifecycle import Runtime
+
+if TYPE_CHECKING:
+    from .conftest import Stubs
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def subsidies(demand_rt: Runtime):  # noqa: ANN201
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as channel:
+        yield spb_grpc.SubsidyServiceStub(channel)
+
+
+def key(k: str) -> tuple[tuple[str, str]]:
+    return (("x-api-key", k),)
+
+
+async def approve(stubs: Stubs, lead_id: str, api_key: str, amount_fen: int, term_months: int) -> None:
+    for outcome in (ld.LeadOutcome(status=ld.LEAD_STATUS_CONTACTED, contact=ld.Contact(method=ld.CONTACT_METHOD_PHONE)),
+                    ld.LeadOutcome(status=ld.LEAD_STATUS_UNDER_REVIEW),
+                    ld.LeadOutcome(status=ld.LEAD_STATUS_APPROVED, offer=ld.Offer(
+                        amount_fen=amount_fen, rate_bps=385, term_months=term_months))):
+        await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=lead_id, outcome=outcome),
+                                            metadata=key(api_key))
+
+
+async def grant_of(subsidies: spb_grpc.SubsidyServiceStub, fund_id: str, lead_id: str, status: int) -> spb.Grant | None:
+    async def find() -> spb.Grant | None:
+        found = await subsidies.ListGrants(spb.ListGrantsRequest(fund_id=fund_id, page_size=500))
+        return next((g for g in found.grants if g.lead_id == lead_id), None)
+    return await eventually(find, lambda g: g is not None and g.status == status)
+
+
+async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
+    stubs: Stubs, subsidies: spb_grpc.SubsidyServiceStub, producer, bootstrap: str  # noqa: ANN001
+) -> None:
+    fund_id = f"xiamen-{uuid.uuid4().hex[:6]}"
+    terms = spb.Fund(fund_id=fund_id, name="Xiamen first-loan interest subsidy", quota_fen=30_000 * 100,
+                     subsidy_rate_bps=100, max_grant_fen=20_000 * 100, first_loans_only=True,
+                     region_prefixes=["3502"])
+    created = await subsidies.CreateFund(spb.CreateFundRequest(fund=terms))
+    assert created.created and created.fund.available_fen == 30_000 * 100
+    again = await subsidies.CreateFund(spb.CreateFundRequest(fund=terms))
+    assert not again.created
+    other = spb.Fund()
+    other.CopyFrom(terms)
+    other.quota_fen = 1
+    err = await rpc_error(subsidies.CreateFund(spb.CreateFundRequest(fund=other)))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    err = await rpc_error(subsidies.CreateFund(spb.CreateFundRequest(fund=spb.Fund(fund_id="X", quota_fen=-1))))
+    assert {"fund.fund_id", "fund.name", "fund.quota_fen", "fund.subsidy_rate_bps"} <= set(field_violations(err))
+
+    (bank, bank_key), (other_bank, other_key) = await register_bank(stubs, "xmbank"), await register_bank(stubs, "cib")
+    _, (first,) = await demand_with_leads(stubs, producer, [bank])
+    _, (second,) = await demand_with_leads(stubs, producer, [bank])
+    _, (third,) = await demand_with_leads(stubs, producer, [bank])
+
+    # 4 million yuan for 24 months at 1%: 80,000 yuan, capped at 20,000; the fund has 30,000
+    await approve(stubs, first, bank_key, 400 * WAN, 24)
+    g = await grant_of(subsidies, fund_id, first, spb.GRANT_STATUS_RESERVED)
+    assert g is not None and (g.subsidy_fen, g.institution_id) == (20_000 * 100, bank)
+    # 1 million yuan for 12 months: 10,000 yuan, reserved too (the fund is full now)
+    await approve(stubs, second, bank_key, 100 * WAN, 12)
+    assert await grant_of(subsidies, fund_id, second, spb.GRANT_STATUS_RESERVED) is not None
+    fund = (await subsidies.GetFund(spb.GetFundRequest(fund_id=fund_id))).fund
+    assert (fund.reserved_fen, fund.available_fen) == (30_000 * 100, 0)
+    # no room left: the third loan gets nothing from this fund
+    await approve(stubs, third, bank_key, 100 * WAN, 12)
+    await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=third, outcome=ld.LeadOutcome(
+        status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(
+            amount_fen=100 * WAN, disbursed_at=Timestamp(seconds=int(time.time()) - 60)))), metadata=key(bank_key))
+
+    # the first is disbursed (3 million: 20,000 capped), the second at half its amount (5,000 back)
+    for lead_id, amount in ((first, 300 * WAN), (second, 50 * WAN)):
+        await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=lead_id, outcome=ld.LeadOutcome(
+            status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(
+                amount_fen=amount, disbursed_at=Timestamp(seconds=int(time.time()) - 60)))), metadata=key(bank_key))
+    used = await grant_of(subsidies, fund_id, first, spb.GRANT_STATUS_UTILISED)
+    assert used is not None and (used.subsidy_fen, used.loan_amount_fen) == (20_000 * 100, 300 * WAN)
+    half = await grant_of(subsidies, fund_id, second, spb.GRANT_STATUS_UTILISED)
+    assert half is not None and half.subsidy_fen == 5_000 * 100
+    fund = (await subsidies.GetFund(spb.GetFundRequest(fund_id=fund_id))).fund
+    assert (fund.reserved_fen, fund.utilised_fen, fund.available_fen) == (0, 25_000 * 100, 5_000 * 100)
+    found = await subsidies.ListGrants(spb.ListGrantsRequest(fund_id=fund_id))
+    assert third not in {x.lead_id for x in found.grants}  # approved when the fund was full
+
+    # only the lender reports the loan settled; then the quota is back for reuse
+    err = await rpc_error(subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=first),
+                                                      metadata=key(other_key)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    settled = await subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=first), metadata=key(bank_key))
+    assert settled.changed and settled.grant.status == spb.GRANT_STATUS_RELEASED
+    again_settled = await subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=first),
+                                                      metadata=key(bank_key))
+    assert not again_settled.changed
+    fund = (await subsidies.GetFund(spb.GetFundRequest(fund_id=fund_id))).fund
+    assert (fund.reserved_fen, fund.utilised_fen, fund.available_fen) == (0, 5_000 * 100, 25_000 * 100)
+
+    records = await read_topic(bootstrap, topics.SUBSIDY_GRANTS_CHANGED.name, lambda f: len(f) >= 5,
+                               lambda r: sev.GrantChanged.FromString(r.value).grant.fund_id == fund_id, linger=0.5)
+    changes = [(e.grant.lead_id, e.grant.status, e.fund_available_fen)
+               for e in (sev.GrantChanged.FromString(r.value) for r in records)]
+    assert sorted(changes) == sorted([
+        (first, spb.GRANT_STATUS_RESERVED, 10_000 * 100), (second, spb.GRANT_STATUS_RESERVED, 0),
+        (first, spb.GRANT_STATUS_UTILISED, 0), (second, spb.GRANT_STATUS_UTILISED, 5_000 * 100),
+        (first, spb.GRANT_STATUS_RELEASED, 25_000 * 100)])
+    assert other_bank  # registered, never the lender
