@@ -289,16 +289,18 @@ ROADSHOW_INTENTS = TopicSpec(
     description="Investors' intents recorded at roadshows; each becomes a lead for the investor (origin ROADSHOW).",
     dead_letter=ROADSHOW_INTENTS_DLQ,
 )
+RECEIVABLES_CHANGED_DLQ = _dlq("demand.receivable-changed.v1", owner="notifier")
 RECEIVABLES_CHANGED = TopicSpec(
     name="demand.receivable-changed.v1",
     message=receivable_events.ReceivableChanged,
     key_field="receivable.receivable_id",
     owner="demand",
-    consumers=("core enterprises' and financiers' systems",),
+    consumers=("notifier", "core enterprises' and financiers' systems"),
     partitions=3,
     description="Every change of a registered receivable (uploaded, confirmed, disputed, blocked as a duplicate, "
                 "financed and its payee changed, settled), the payment prompts at 7 days, 1 day and 0 days before "
                 "its due date, and overdue ones, in order per receivable.",
+    dead_letter=RECEIVABLES_CHANGED_DLQ,
 )
 
 SUBSIDY_GRANTS_CHANGED = TopicSpec(
@@ -342,6 +344,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     ROADSHOW_INTENTS,
     ROADSHOW_INTENTS_DLQ,
     RECEIVABLES_CHANGED,
+    RECEIVABLES_CHANGED_DLQ,
     SUBSIDY_GRANTS_CHANGED,
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching
+from finmesh.receivable.v1 import events_pb2 as receivable
 from finmesh.roadshow.v1 import events_pb2 as roadshow
 from meshkit import codec, institutions, log
 from meshkit.kafka import BatchHandler, Handler
@@ -82,6 +83,21 @@ def roadshow_notice(notifier: Notifier, name: str) -> Handler:
         if wrong:
             raise codec.PoisonMessage("unusable RoadshowNotice: " + "; ".join(wrong))
         await notifier.on_notice(name, env.event_id, notice)
+
+    return handle
+
+
+def receivable_changed(notifier: Notifier, name: str) -> Handler:
+    """``demand.receivable-changed.v1`` → the debtor asked to confirm and prompted to pay (and told
+    whom), the supplier and the financier told of what concerns them."""
+
+    async def handle(env: codec.Envelope) -> None:
+        assert isinstance(env.message, receivable.ReceivableChanged)
+        change = mapping.receivable_change(env.message, env.occurred_at)
+        wrong = domain.receivable_problems(change)
+        if wrong:
+            raise codec.PoisonMessage("unusable ReceivableChanged: " + "; ".join(wrong))
+        await notifier.on_receivable(name, env.event_id, change)
 
     return handle
 

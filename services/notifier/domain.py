@@ -29,6 +29,7 @@ LEAD_WITHDRAWN = "lead.withdrawn"
 LEAD_REMINDER = "lead.reminder"
 LEAD_ESCALATED = "lead.escalated"
 ROADSHOW_NOTICE = "roadshow.notice"
+RECEIVABLE_NOTICE = "receivable.notice"
 
 
 
@@ -328,6 +329,72 @@ def for_notice(n: RoadshowNotice) -> Notification:
                     roadshow_title=n.title or n.roadshow_id, city=n.city or "-",
                     held_at=n.held_at.strftime("%Y-%m-%d") if n.held_at else "-",
                     localized={"notice": NOTICE_LABELS[n.kind], "reason": (n.reason, n.reason)})
+
+
+# -- receivables --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivableChange:
+    """What the notifier needs of one ``ReceivableChanged``."""
+
+    receivable_id: str
+    version: int
+    change: str  # the ChangeKind's name without its prefix, e.g. "FINANCED"
+    document_number: str
+    amount_fen: int
+    supplier_uscc: str
+    debtor_uscc: str
+    due_date: str
+    current_payee: str
+    financier: str  # the institution it was applied to or financed by ("" if none)
+    reason: str  # the last change's reason (a dispute's, a decline's)
+    days_to_due: int
+    at: datetime
+
+
+# change -> (the notice in English and Chinese, who is told: supplier, debtor, financier)
+RECEIVABLE_NOTICES: dict[str, tuple[tuple[str, str], tuple[str, ...]]] = {
+    "UPLOADED": (("please confirm or dispute it", "请确认或提出异议"), ("debtor",)),
+    "BLOCKED_DUPLICATE": (("blocked: the same receivable is registered already", "已拦截：该应收账款已登记"),
+                          ("supplier",)),
+    "CONFIRMED": (("confirmed by the debtor", "债务人已确认"), ("supplier",)),
+    "DISPUTED": (("disputed by the debtor", "债务人提出异议"), ("supplier",)),
+    "FINANCING_REQUESTED": (("financing applied for", "已申请融资"), ("financier",)),
+    "FINANCED": (("financed: pay the new payee", "已融资：请向新收款人付款"), ("supplier", "debtor", "financier")),
+    "FINANCING_DECLINED": (("financing declined", "融资申请被拒绝"), ("supplier",)),
+    "PAYMENT_DUE": (("payment due", "付款提醒"), ("debtor",)),
+    "OVERDUE": (("overdue: not reported paid", "已逾期：尚未付款"), ("debtor", "financier")),
+    "SETTLED": (("paid", "已结清"), ("supplier", "debtor", "financier")),
+}
+
+
+def receivable_problems(c: ReceivableChange) -> list[str]:
+    out = [f"{name} is empty" for name in ("receivable_id", "supplier_uscc", "debtor_uscc") if not getattr(c, name)]
+    if c.change not in RECEIVABLE_NOTICES:
+        out.append(f"change {c.change or 'UNSPECIFIED'} is not a receivable change")
+    return out
+
+
+def for_receivable(c: ReceivableChange) -> list[Notification]:
+    """The notices of a receivable's change: the debtor is asked to confirm, prompted to pay (and told
+    whom: the financier once it is financed), the supplier hears of confirmation, disputes,
+    duplicates and financing, the financier of applications, defaults and payment."""
+    (notice_en, notice_zh), told = RECEIVABLE_NOTICES[c.change]
+    if c.change == "PAYMENT_DUE":
+        when = ("today", "今天") if c.days_to_due == 0 else (f"in {c.days_to_due} day(s)", f"{c.days_to_due} 天后")
+        detail = (f"Due {when[0]}: pay {c.current_payee}.", f"{when[1]}到期：请向 {c.current_payee} 付款。")
+    elif c.change in ("FINANCED", "OVERDUE"):
+        detail = (f"The payee is {c.current_payee}.", f"收款人为 {c.current_payee}。")
+    else:
+        detail = (c.reason, c.reason)
+    who = {"supplier": (RecipientKind.ENTERPRISE, c.supplier_uscc), "debtor": (RecipientKind.ENTERPRISE, c.debtor_uscc),
+           "financier": (RecipientKind.INSTITUTION, c.financier)}
+    return [_compose(f"receivable:{c.receivable_id}:{c.version}:{c.change}", kind, recipient, RECEIVABLE_NOTICE,
+                     c.at, document_number=c.document_number, amount_yuan=f"{c.amount_fen // 100:,}",
+                     supplier_uscc=c.supplier_uscc, debtor_uscc=c.debtor_uscc, due_date=c.due_date,
+                     localized={"notice": (notice_en, notice_zh), "detail": detail})
+            for kind, recipient in (who[party] for party in told) if recipient]
 
 
 # -- the contact clock ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.notification.v1 import clock_pb2 as cpb
 from finmesh.notification.v1 import delivery_pb2 as dlv
 from finmesh.notification.v1 import notification_pb2 as pb
+from finmesh.receivable.v1 import events_pb2 as receivable
 from finmesh.roadshow.v1 import events_pb2 as roadshow
 from meshkit.pbtime import set_ts, ts_to_dt
 from services.notifier.domain import (
@@ -24,6 +25,7 @@ from services.notifier.domain import (
     MatchOutcome,
     Notification,
     Policy,
+    ReceivableChange,
     RecipientKind,
     RoadshowNotice,
 )
@@ -83,6 +85,20 @@ def roadshow_notice(msg: roadshow.RoadshowNotice, occurred_at: datetime) -> Road
         recipient_kind=RecipientKind(kind), recipient_id=msg.recipient_id, title=msg.roadshow_title,
         city=msg.city, held_at=ts_to_dt(msg.held_at), reason=msg.reason,
         issued_at=ts_to_dt(msg.issued_at) or occurred_at,
+    )
+
+
+def receivable_change(msg: receivable.ReceivableChanged, occurred_at: datetime) -> ReceivableChange:
+    r = msg.receivable
+    last = r.financings[-1] if r.financings else None
+    live = last is not None and (last.approved or not last.HasField("decided_at"))
+    return ReceivableChange(
+        receivable_id=r.receivable_id, version=r.version,
+        change=_name(receivable.ChangeKind, msg.change, "CHANGE_KIND_") if msg.change else "",
+        document_number=r.document_number, amount_fen=r.confirmed_amount_fen or r.face_amount_fen,
+        supplier_uscc=r.supplier_uscc, debtor_uscc=r.debtor_uscc, due_date=r.due_date, current_payee=r.current_payee,
+        financier=last.institution_id if live and last is not None else "",
+        reason=r.history[-1].reason if r.history else "", days_to_due=msg.days_to_due, at=occurred_at,
     )
 
 

@@ -98,6 +98,16 @@ TEMPLATES: dict[tuple[str, str], tuple[str, str]] = {
         "线索 {lead_id}（融资需求 {demand_id}，产品 {product_id}）未在 {sla_hours} 小时内联系企业（时限 {due}），"
         "已升级至 {contact}；经企业同意，该需求将转给下一家金融机构。",
     ),
+    ("receivable.notice", "en"): (
+        "Receivable {document_number}: {notice}",
+        "{notice} — receivable {document_number} of {amount_yuan} yuan, {supplier_uscc} on {debtor_uscc}, "
+        "due {due_date}. {detail}",
+    ),
+    ("receivable.notice", "zh"): (
+        "应收账款 {document_number}：{notice}",
+        "{notice}——应收账款 {document_number}，金额 {amount_yuan} 元，债权人 {supplier_uscc}，债务人 {debtor_uscc}，"
+        "到期日 {due_date}。{detail}",
+    ),
     ("roadshow.notice", "en"): (
         "Roadshow {roadshow_title}: {notice}",
         "{notice} — roadshow {roadshow_title} in {city}, {held_at}. {reason}",

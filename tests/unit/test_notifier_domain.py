@@ -93,3 +93,41 @@ def test_query_validation_names_every_field() -> None:
         domain.validate_query(0, " ")
     assert {v.field for v in err.value.violations} == {"recipient_kind", "recipient_id"}
     domain.validate_query(2, "icbc-xm")
+
+
+def receivable_change(change: str, **kw: object) -> domain.ReceivableChange:
+    base: dict[str, object] = dict(receivable_id="rcv-1", version=3, change=change, document_number="INV-7",
+                                   amount_fen=125_000_000, supplier_uscc="S1", debtor_uscc="D1",
+                                   due_date="2027-01-28", current_payee="S1", financier="", reason="", days_to_due=0,
+                                   at=AT)
+    base.update(kw)
+    return domain.ReceivableChange(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("change", "extra", "told"), [
+    ("UPLOADED", {}, [("enterprise", "D1")]),
+    ("BLOCKED_DUPLICATE", {}, [("enterprise", "S1")]),
+    ("DISPUTED", {"reason": "never delivered"}, [("enterprise", "S1")]),
+    ("FINANCING_REQUESTED", {"financier": "bank-a"}, [("institution", "bank-a")]),
+    ("FINANCED", {"financier": "bank-a", "current_payee": "bank-a"},
+     [("enterprise", "S1"), ("enterprise", "D1"), ("institution", "bank-a")]),
+    ("PAYMENT_DUE", {"days_to_due": 1}, [("enterprise", "D1")]),
+    ("SETTLED", {}, [("enterprise", "S1"), ("enterprise", "D1")]),  # never financed: no financier to tell
+])
+def test_a_receivable_s_change_tells_the_parties_it_concerns(change: str, extra: dict[str, object],
+                                                              told: list[tuple[str, str]]) -> None:
+    c = receivable_change(change, **extra)
+    assert domain.receivable_problems(c) == []
+    notes = domain.for_receivable(c)
+    assert [(n.recipient_kind.label, n.recipient_id) for n in notes] == told
+    assert all(n.kind == domain.RECEIVABLE_NOTICE and "1,250,000" in n.body for n in notes)
+    assert len({n.notification_id for n in notes}) == len(notes)
+    assert domain.for_receivable(c) == notes  # the same fact again: the same notifications
+
+
+def test_the_payment_prompt_names_the_payee_and_the_days_left() -> None:
+    [note] = domain.for_receivable(receivable_change("PAYMENT_DUE", days_to_due=7, current_payee="bank-a"))
+    assert "Due in 7 day(s): pay bank-a." in note.body and "7 天后到期：请向 bank-a 付款。" in note.body_zh
+    [today] = domain.for_receivable(receivable_change("PAYMENT_DUE", current_payee="S1"))
+    assert "Due today: pay S1." in today.body
+    assert domain.receivable_problems(receivable_change("")) == ["change UNSPECIFIED is not a receivable change"]

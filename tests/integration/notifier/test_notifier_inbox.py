@@ -1,9 +1,10 @@
 """Inbox features on the real broker and PostgreSQL: filters, MarkRead, Subscribe (resumable),
-demand status and roadshow notices."""
+demand status, roadshow and receivable notices."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -15,6 +16,8 @@ from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.roadshow.v1 import events_pb2 as rs
 from meshkit import topics
 from meshkit.grpcserver import field_violations
+from services.demand.receivables import domain as rd
+from services.demand.receivables import mapping as rmap
 from tests.integration.matcher.matcher_support import publish
 
 pytestmark = pytest.mark.integration
@@ -76,3 +79,43 @@ async def test_roadshow_notices_reach_both_kinds_of_recipient(stub, bootstrap: s
     assert "诚邀" in zh.body
     [reg] = await inbox(stub, INSTITUTION, f"fund-{t}")
     assert "investor" in reg.body
+
+
+async def test_receivable_changes_tell_the_debtor_whom_to_pay_and_each_party_what_concerns_it(
+    stub, bootstrap: str  # noqa: ANN001
+) -> None:
+    """ReceivableChanged events as the demand service publishes them (its own mapping, from its pure
+    core): the debtor is asked to confirm, told the financier is the payee now, and prompted to
+    pay it; the supplier hears of the confirmation and the financing; the financier of the
+    application and the financing."""
+    t = uid()
+    supplier, debtor, bank = f"S{t}", f"D{t}", f"factor-{t}"
+    now = datetime.now(UTC)
+    upload = rd.Upload(request_id=t, supplier_uscc=supplier, debtor_uscc=debtor, document_kind=3,
+                       document_number=f"INV-{t}", document_date=f"{now.date() - timedelta(days=5)}",
+                       face_amount_fen=125_000_000, due_date=f"{now.date() + timedelta(days=7)}", uploaded_by=1)
+    x = rd.register(upload, receivable_id=f"rcv-{t}", now=now)
+    steps = [(x, rd.Change.UPLOADED, 0)]
+    x = rd.confirm(x, debtor_uscc=debtor, amount_fen=0, at=now)[0]
+    steps.append((x, rd.Change.CONFIRMED, 0))
+    x = rd.request_financing(x, supplier_uscc=supplier, institution_id=bank, amount_fen=100_000_000,
+                             kind=rd.FinancingKind.ASSIGNMENT, today=now.date(), at=now)
+    steps.append((x, rd.Change.FINANCING_REQUESTED, 0))
+    x = rd.decide_financing(x, institution_id=bank, approve=True, rate_bps=420, decline_reason="", at=now)
+    steps.append((x, rd.Change.FINANCED, 0))
+    x, [(change, days)] = rd.mature(x, today=now.date(), at=now)
+    steps.append((x, change, days))
+    for receivable, change, days in steps:
+        await publish(bootstrap, topics.RECEIVABLES_CHANGED, rmap.changed(receivable, change, days))
+
+    told = (await inbox(stub, ENTERPRISE, debtor, want=3))[::-1]  # oldest first
+    assert [n.title.split(": ", 1)[1] for n in told] == [
+        "please confirm or dispute it", "financed: pay the new payee", "payment due"]
+    assert f"The payee is {bank}." in told[1].body and f"Due in 7 day(s): pay {bank}." in told[2].body
+    assert "1,250,000 yuan" in told[0].body
+    zh = await inbox(stub, ENTERPRISE, debtor, want=3, metadata=(("accept-language", "zh-CN"),))
+    assert f"7 天后到期：请向 {bank} 付款。" in zh[0].body  # the newest
+    assert [n.title.split(": ", 1)[1] for n in await inbox(stub, ENTERPRISE, supplier, want=2)] == [
+        "financed: pay the new payee", "confirmed by the debtor"]
+    assert [n.title.split(": ", 1)[1] for n in await inbox(stub, INSTITUTION, bank, want=2)] == [
+        "financed: pay the new payee", "financing applied for"]
