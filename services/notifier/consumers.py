@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.matching.v1 import events_pb2 as matching
@@ -13,6 +17,7 @@ from services.notifier import domain, mapping
 from services.notifier.service import Notifier
 
 logger = log.get(__name__)
+T = TypeVar("T")
 
 
 def demand_matched(notifier: Notifier, name: str) -> Handler:
@@ -59,47 +64,39 @@ def demand_status_changed(notifier: Notifier, name: str) -> Handler:
     return handle
 
 
-def lead_status_changed(notifier: Notifier, name: str) -> Handler:
-    """``demand.lead-status-changed.v1`` → contact clocks started and stopped; outcome notices."""
+def _checked(message_type: type, to_domain: Callable[[Any, datetime], T], problems: Callable[[T], list[str]],
+             use: Callable[[str, T], Awaitable[None]]) -> Handler:
+    """A handler that maps each record to the core's terms, dead-letters it with the reasons if the
+    core cannot use it, and hands it over with its event id."""
 
     async def handle(env: codec.Envelope) -> None:
-        assert isinstance(env.message, lead_events.LeadStatusChanged)
-        change = mapping.lead_change(env.message, env.occurred_at)
-        wrong = domain.lead_change_problems(change)
+        assert isinstance(env.message, message_type)
+        item = to_domain(env.message, env.occurred_at)
+        wrong = problems(item)
         if wrong:
-            raise codec.PoisonMessage("unusable LeadStatusChanged: " + "; ".join(wrong))
-        await notifier.on_lead_change(name, env.event_id, change)
+            raise codec.PoisonMessage(f"unusable {message_type.__name__}: " + "; ".join(wrong))
+        await use(env.event_id, item)
 
     return handle
+
+
+def lead_status_changed(notifier: Notifier, name: str) -> Handler:
+    """``demand.lead-status-changed.v1`` → contact clocks started and stopped; outcome notices."""
+    return _checked(lead_events.LeadStatusChanged, mapping.lead_change, domain.lead_change_problems,
+                    lambda event_id, change: notifier.on_lead_change(name, event_id, change))
 
 
 def roadshow_notice(notifier: Notifier, name: str) -> Handler:
     """``roadshow.notice-issued.v1`` → a notice in the recipient's inbox (and webhooks for institutions)."""
-
-    async def handle(env: codec.Envelope) -> None:
-        assert isinstance(env.message, roadshow.RoadshowNotice)
-        notice = mapping.roadshow_notice(env.message, env.occurred_at)
-        wrong = domain.notice_problems(notice)
-        if wrong:
-            raise codec.PoisonMessage("unusable RoadshowNotice: " + "; ".join(wrong))
-        await notifier.on_notice(name, env.event_id, notice)
-
-    return handle
+    return _checked(roadshow.RoadshowNotice, mapping.roadshow_notice, domain.notice_problems,
+                    lambda event_id, notice: notifier.on_notice(name, event_id, notice))
 
 
 def receivable_changed(notifier: Notifier, name: str) -> Handler:
     """``demand.receivable-changed.v1`` → the debtor asked to confirm and prompted to pay (and told
     whom), the supplier and the financier told of what concerns them."""
-
-    async def handle(env: codec.Envelope) -> None:
-        assert isinstance(env.message, receivable.ReceivableChanged)
-        change = mapping.receivable_change(env.message, env.occurred_at)
-        wrong = domain.receivable_problems(change)
-        if wrong:
-            raise codec.PoisonMessage("unusable ReceivableChanged: " + "; ".join(wrong))
-        await notifier.on_receivable(name, env.event_id, change)
-
-    return handle
+    return _checked(receivable.ReceivableChanged, mapping.receivable_change, domain.receivable_problems,
+                    lambda event_id, change: notifier.on_receivable(name, event_id, change))
 
 
 def institution_changed(notifier: Notifier) -> Handler:
