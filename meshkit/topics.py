@@ -22,6 +22,7 @@ from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.enterprise.v1 import events_pb2 as enterprise_events
 from finmesh.institution.v1 import events_pb2 as institution_events
 from finmesh.lead.v1 import events_pb2 as lead_events
+from finmesh.loan.v1 import events_pb2 as loan_events
 from finmesh.matching.v1 import events_pb2 as matching_events
 from finmesh.notification.v1 import events_pb2 as notification_events
 from finmesh.receivable.v1 import events_pb2 as receivable_events
@@ -249,7 +250,7 @@ LEAD_STATUS_CHANGED = TopicSpec(
     message=lead_events.LeadStatusChanged,
     key_field="lead.demand_id",
     owner="demand",
-    consumers=("matcher", "notifier", "roadshow", "demand (subsidies)", "read models"),
+    consumers=("matcher", "notifier", "roadshow", "demand (subsidies, loan book)", "read models"),
     partitions=6,
     description="Every status change of every lead with its outcome (offer, disbursement, decline); "
                 "keyed by demand id, so a demand's leads stay in order.",
@@ -314,6 +315,19 @@ SUBSIDY_GRANTS_CHANGED = TopicSpec(
                 "disbursed, released for reuse when it is settled; with the fund's quota left.",
 )
 
+LOAN_RENEWALS_DUE_DLQ = _dlq("demand.loan-renewal-due.v1", owner="notifier")
+LOAN_RENEWALS_DUE = TopicSpec(
+    name="demand.loan-renewal-due.v1",
+    message=loan_events.LoanRenewalDue,
+    key_field="enterprise_uscc",
+    owner="demand",
+    consumers=("notifier", "lenders' systems"),
+    partitions=3,
+    description="A disbursed loan matures in 30 days (or fewer, for a shorter loan): time to arrange its renewal. "
+                "Once per loan.",
+    dead_letter=LOAN_RENEWALS_DUE_DLQ,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     PORTAL_DEMANDS,
     PORTAL_DEMANDS_DLQ,
@@ -346,6 +360,8 @@ REGISTRY: tuple[TopicSpec, ...] = (
     RECEIVABLES_CHANGED,
     RECEIVABLES_CHANGED_DLQ,
     SUBSIDY_GRANTS_CHANGED,
+    LOAN_RENEWALS_DUE,
+    LOAN_RENEWALS_DUE_DLQ,
 )
 
 _INSTITUTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")

@@ -22,6 +22,7 @@ from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import Runtime
 from services.demand import consumers, reference, stats_api
 from services.demand.api import DemandApi, EnterpriseApi, InstitutionApi, LeadApi
+from services.demand.loans.service import Loans
 from services.demand.receivables.api import ReceivableApi
 from services.demand.receivables.service import Receivables
 from services.demand.service import Demands, Enterprises, Institutions
@@ -36,9 +37,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 TOPICS = (topics.PORTAL_DEMANDS, topics.DEMANDS_ACCEPTED, topics.DEMANDS_MATCHED, topics.ENTERPRISES_CHANGED,
           topics.INSTITUTIONS_CHANGED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
           topics.LEAD_OUTCOMES, topics.LEAD_SLA_BREACHED, topics.ROADSHOW_INTENTS, topics.CONTACT_POLICIES_CHANGED,
-          topics.RECEIVABLES_CHANGED, topics.SUBSIDY_GRANTS_CHANGED)
+          topics.RECEIVABLES_CHANGED, topics.SUBSIDY_GRANTS_CHANGED, topics.LOAN_RENEWALS_DUE)
 EXPIRY_INTERVAL_SECONDS = 30.0
-MATURITY_INTERVAL_SECONDS = 300.0  # receivables' payment prompts are by the day
+MATURITY_INTERVAL_SECONDS = 300.0  # receivables' payment prompts and loans' renewal warnings are by the day
 
 
 async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
@@ -68,12 +69,15 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.consume(topics.DEMANDS_MATCHED, consumers.demand_matched(demands))
     rt.consume(topics.LEAD_OUTCOMES, consumers.lead_outcome_reported(demands))
     rt.consume(topics.LEAD_SLA_BREACHED, consumers.lead_sla_breached(demands))
-    # Interest subsidies follow the leads' outcomes, from this service's own events.
-    rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(subsidies), group=f"{rt.service}.subsidies")
+    # Interest subsidies and the loan book follow the leads' outcomes, from this service's own events.
+    loans = Loans(rt.pool, schema=SCHEMA, clock=clock)
+    rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(subsidies, loans),
+               group=f"{rt.service}.subsidies")
     policies = rt.consume(topics.CONTACT_POLICIES_CHANGED, consumers.contact_policy_changed(demands))
     # An intent's lead is dated by its institution's policy: the ones announced before start come first.
     rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands), after=[policies.caught_up],
                serves_at_once=True)
     rt.task(lambda: demands.run_expiry(EXPIRY_INTERVAL_SECONDS))
     rt.task(lambda: receivables.run_maturity(MATURITY_INTERVAL_SECONDS))
+    rt.task(lambda: loans.run_warnings(MATURITY_INTERVAL_SECONDS))
     stats_api.register(rt)

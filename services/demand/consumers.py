@@ -16,6 +16,7 @@ from meshkit.kafka import BatchHandler, Handler
 from meshkit.topics import valid_institution_id as topics_valid
 from services.demand import domain as d
 from services.demand import mapping
+from services.demand.loans.service import Loans
 from services.demand.service import Demands, Intake, RoadshowIntent, Submission
 from services.demand.subsidies.service import Subsidies
 
@@ -129,14 +130,16 @@ def lead_sla_breached(demands: Demands) -> Handler:
     return handle
 
 
-def lead_status_changed(subsidies: Subsidies) -> Handler:
-    """``LeadStatusChanged`` (this service's own) → interest subsidies granted, used or released."""
+def lead_status_changed(subsidies: Subsidies, loans: Loans) -> Handler:
+    """``LeadStatusChanged`` (this service's own) → interest subsidies granted or used, and loans
+    disbursed kept in the loan book (each once per event)."""
 
     async def handle(env: Envelope) -> None:
         msg: lead_events.LeadStatusChanged = env.message  # type: ignore[assignment]
         if not msg.lead.lead_id:
             raise PoisonMessage("invalid lead status change: lead.lead_id: is required")
         await subsidies.lead_changed(env.event_id, msg)
+        await loans.lead_changed(env.event_id, msg)
 
     return handle
 

@@ -24,7 +24,7 @@ SCHEMA = "notifier"
 MIGRATIONS = Path(__file__).parent / "migrations"
 TOPICS = (topics.DEMANDS_MATCHED, topics.DEMAND_STATUS_CHANGED, topics.LEAD_STATUS_CHANGED,
           topics.ROADSHOW_NOTICES, topics.INSTITUTIONS_CHANGED, topics.LEAD_SLA_BREACHED, topics.RECEIVABLES_CHANGED,
-          topics.CONTACT_POLICIES_CHANGED)
+          topics.LOAN_RENEWALS_DUE, topics.CONTACT_POLICIES_CHANGED)
 CLOCK_TICK_SECONDS = 1.0
 
 
@@ -41,6 +41,7 @@ async def build(rt: Runtime, *, clock: Clock = codec.now, retry: RetryPolicy | N
     rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(notifier, f"{name}.lead-status"))
     rt.consume(topics.ROADSHOW_NOTICES, consumers.roadshow_notice(notifier, f"{name}.roadshow-notice"))
     rt.consume(topics.RECEIVABLES_CHANGED, consumers.receivable_changed(notifier, f"{name}.receivable-changed"))
+    rt.consume(topics.LOAN_RENEWALS_DUE, consumers.loan_renewal_due(notifier, f"{name}.loan-renewal-due"))
     rt.consume(topics.INSTITUTIONS_CHANGED, consumers.institution_changed(notifier))
     worker = DeliveryWorker(rt.pool, rt.metrics, notifier.clock, notifier.deliveries_due,
                             policy=retry or RetryPolicy())

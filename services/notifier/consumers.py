@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.lead.v1 import events_pb2 as lead_events
+from finmesh.loan.v1 import events_pb2 as loan
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.receivable.v1 import events_pb2 as receivable
 from finmesh.roadshow.v1 import events_pb2 as roadshow
@@ -97,6 +98,12 @@ def receivable_changed(notifier: Notifier, name: str) -> Handler:
     whom), the supplier and the financier told of what concerns them."""
     return _checked(receivable.ReceivableChanged, mapping.receivable_change, domain.receivable_problems,
                     lambda event_id, change: notifier.on_receivable(name, event_id, change))
+
+
+def loan_renewal_due(notifier: Notifier, name: str) -> Handler:
+    """``demand.loan-renewal-due.v1`` → the enterprise and its lender told a loan matures soon."""
+    return _checked(loan.LoanRenewalDue, mapping.renewal_due, domain.renewal_problems,
+                    lambda event_id, due: notifier.on_renewal_due(name, event_id, due))
 
 
 def institution_changed(notifier: Notifier) -> Handler:

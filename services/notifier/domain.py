@@ -30,6 +30,7 @@ LEAD_REMINDER = "lead.reminder"
 LEAD_ESCALATED = "lead.escalated"
 ROADSHOW_NOTICE = "roadshow.notice"
 RECEIVABLE_NOTICE = "receivable.notice"
+LOAN_RENEWAL_DUE = "loan.renewal_due"
 
 
 
@@ -395,6 +396,49 @@ def for_receivable(c: ReceivableChange) -> list[Notification]:
                      supplier_uscc=c.supplier_uscc, debtor_uscc=c.debtor_uscc, due_date=c.due_date,
                      localized={"notice": (notice_en, notice_zh), "detail": detail})
             for kind, recipient in (who[party] for party in told) if recipient]
+
+
+# -- loans maturing --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenewalDue:
+    """A disbursed loan maturing soon (``LoanRenewalDue``)."""
+
+    lead_id: str
+    enterprise_uscc: str
+    institution_id: str
+    amount_fen: int
+    rate_bps: int
+    term_months: int
+    matures_on: str
+    days: int
+    first_loan: bool
+    at: datetime
+
+
+RENEWAL_ADVICE = {
+    RecipientKind.ENTERPRISE: ("Talk to your lender about renewing it in time: a renewal need filed on the platform "
+                               "is matched with renewal products.",
+                               "请及时与贷款机构沟通续贷：在平台提交续贷需求即可匹配续贷产品。"),
+    RecipientKind.INSTITUTION: ("Contact the enterprise about a renewal before it matures.",
+                                "请在到期前联系企业办理续贷。"),
+}
+
+
+def renewal_problems(r: RenewalDue) -> list[str]:
+    return [f"{name} is empty" for name in ("lead_id", "enterprise_uscc", "institution_id", "matures_on")
+            if not getattr(r, name)]
+
+
+def for_renewal(r: RenewalDue) -> list[Notification]:
+    """The enterprise and its lender, told the loan matures soon and what to do about it."""
+    return [_compose(f"loan-renewal:{r.lead_id}", kind, recipient, LOAN_RENEWAL_DUE, r.at, lead_id=r.lead_id,
+                     amount_yuan=f"{r.amount_fen // 100:,}", institution_id=r.institution_id,
+                     enterprise_uscc=r.enterprise_uscc, term_months=r.term_months, rate_bps=r.rate_bps,
+                     matures_on=r.matures_on, days=r.days, localized={"advice": RENEWAL_ADVICE[kind]})
+            for kind, recipient in ((RecipientKind.ENTERPRISE, r.enterprise_uscc),
+                                    (RecipientKind.INSTITUTION, r.institution_id))]
 
 
 # -- the contact clock ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from finmesh.demand.v1 import demand_pb2 as dpb
 from finmesh.demand.v1 import events_pb2 as demand_events
 from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.lead.v1 import lead_pb2
+from finmesh.loan.v1 import events_pb2 as loan
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.notification.v1 import clock_pb2 as cpb
 from finmesh.notification.v1 import delivery_pb2 as dlv
@@ -27,6 +28,7 @@ from services.notifier.domain import (
     Policy,
     ReceivableChange,
     RecipientKind,
+    RenewalDue,
     RoadshowNotice,
 )
 
@@ -100,6 +102,12 @@ def receivable_change(msg: receivable.ReceivableChanged, occurred_at: datetime) 
         financier=last.institution_id if live and last is not None else "",
         reason=r.history[-1].reason if r.history else "", days_to_due=msg.days_to_due, at=occurred_at,
     )
+
+
+def renewal_due(msg: loan.LoanRenewalDue, occurred_at: datetime) -> RenewalDue:
+    return RenewalDue(lead_id=msg.lead_id, enterprise_uscc=msg.enterprise_uscc, institution_id=msg.institution_id,
+                      amount_fen=msg.amount_fen, rate_bps=msg.rate_bps, term_months=msg.term_months,
+                      matures_on=msg.matures_on, days=msg.days_to_maturity, first_loan=msg.first_loan, at=occurred_at)
 
 
 def notification_pb(note: Notification, language: str = "en") -> pb.Notification:

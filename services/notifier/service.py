@@ -143,6 +143,9 @@ class Notifier:
     async def on_receivable(self, consumer: str, event_id: str, change: domain.ReceivableChange) -> None:
         await self._once(consumer, event_id, domain.for_receivable(change))
 
+    async def on_renewal_due(self, consumer: str, event_id: str, due: domain.RenewalDue) -> None:
+        await self._once(consumer, event_id, domain.for_renewal(due))
+
     async def on_institution(self, changed: InstitutionChanged) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await institutions.learn(conn, changed)

@@ -108,6 +108,16 @@ TEMPLATES: dict[tuple[str, str], tuple[str, str]] = {
         "{notice}——应收账款 {document_number}，金额 {amount_yuan} 元，债权人 {supplier_uscc}，债务人 {debtor_uscc}，"
         "到期日 {due_date}。{detail}",
     ),
+    ("loan.renewal_due", "en"): (
+        "A loan matures on {matures_on}",
+        "The loan of {amount_yuan} yuan from {institution_id} to {enterprise_uscc} ({term_months} months, "
+        "{rate_bps} bps) matures on {matures_on}, in {days} day(s). {advice}",
+    ),
+    ("loan.renewal_due", "zh"): (
+        "贷款将于 {matures_on} 到期",
+        "{institution_id} 向 {enterprise_uscc} 发放的 {amount_yuan} 元贷款"
+        "（期限 {term_months} 个月，利率 {rate_bps} 个基点）将于 {matures_on} 到期，还有 {days} 天。{advice}",
+    ),
     ("roadshow.notice", "en"): (
         "Roadshow {roadshow_title}: {notice}",
         "{notice} — roadshow {roadshow_title} in {city}, {held_at}. {reason}",

@@ -131,3 +131,17 @@ def test_the_payment_prompt_names_the_payee_and_the_days_left() -> None:
     [today] = domain.for_receivable(receivable_change("PAYMENT_DUE", current_payee="S1"))
     assert "Due today: pay S1." in today.body
     assert domain.receivable_problems(receivable_change("")) == ["change UNSPECIFIED is not a receivable change"]
+
+
+def test_a_maturing_loan_tells_the_enterprise_and_its_lender_what_to_do() -> None:
+    due = domain.RenewalDue(lead_id="l-9", enterprise_uscc="U9", institution_id="bank-a", amount_fen=300_000_000,
+                            rate_bps=385, term_months=12, matures_on="2026-12-28", days=30, first_loan=True, at=AT)
+    assert domain.renewal_problems(due) == []
+    enterprise, lender = domain.for_renewal(due)
+    assert (enterprise.recipient_kind, enterprise.recipient_id) == (RecipientKind.ENTERPRISE, "U9")
+    assert (lender.recipient_kind, lender.recipient_id) == (RecipientKind.INSTITUTION, "bank-a")
+    assert "3,000,000 yuan" in enterprise.body and "in 30 day(s)" in enterprise.body
+    assert "renewal need filed on the platform" in enterprise.body and "续贷" in enterprise.body_zh
+    assert "Contact the enterprise" in lender.body
+    assert domain.for_renewal(due) == [enterprise, lender]  # the same loan: the same notices
+    assert domain.renewal_problems(replace(due, matures_on="")) == ["matures_on is empty"]

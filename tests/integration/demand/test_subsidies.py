@@ -1,13 +1,17 @@
-"""Interest subsidies through SubsidyService and the leads' outcomes, on the real broker and
+"""Interest subsidies and the loan book, from the leads' outcomes, on the real broker and database.
+
+Interest subsidies through SubsidyService and the leads' outcomes, on the real broker and
 database: a fund is created once; an approved loan of an eligible enterprise gets a grant without
 any application, its disbursal uses it (recomputed on what was disbursed, the rest given back), the
 lender's settlement releases it for reuse, a fund without room grants nothing, and every grant
-change is announced."""
+change is announced. A disbursed loan is kept with its maturity, and its renewal is warned of
+once, 30 days before it matures."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import grpc
@@ -17,12 +21,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from waiting import eventually
 
 from finmesh.lead.v1 import lead_pb2 as ld
+from finmesh.loan.v1.events_pb2 import LoanRenewalDue
 from finmesh.subsidy.v1 import events_pb2 as sev
 from finmesh.subsidy.v1 import subsidy_pb2 as spb
 from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
 from meshkit import topics
 from meshkit.grpcserver import field_violations
 from meshkit.lifecycle import Runtime
+from services.demand.app import SCHEMA
+from services.demand.loans.domain import add_months
+from services.demand.loans.service import Loans
 
 if TYPE_CHECKING:
     from .conftest import Stubs
@@ -130,3 +138,32 @@ async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
         (first, spb.GRANT_STATUS_UTILISED, 0), (second, spb.GRANT_STATUS_UTILISED, 5_000 * 100),
         (first, spb.GRANT_STATUS_RELEASED, 25_000 * 100)])
     assert other_bank  # registered, never the lender
+
+
+async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_before_it_matures(
+    stubs: Stubs, demand_rt: Runtime, producer, bootstrap: str  # noqa: ANN001
+) -> None:
+    bank, bank_key = await register_bank(stubs, "renewbank")
+    demand, (lead,) = await demand_with_leads(stubs, producer, [bank])
+    await approve(stubs, lead, bank_key, 200 * WAN, 12)
+    disbursed_at = Timestamp(seconds=int(time.time()) - 3600)
+    await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=lead, outcome=ld.LeadOutcome(
+        status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(amount_fen=180 * WAN,
+                                                                    disbursed_at=disbursed_at))),
+        metadata=key(bank_key))
+    kept = await eventually(lambda: demand_rt.pool.fetchrow("SELECT * FROM loans WHERE lead_id = $1", lead), bool)
+    matures = add_months(disbursed_at.ToDatetime(tzinfo=UTC).date(), 12)
+    assert (kept["amount_fen"], kept["matures_on"], kept["first_loan"]) == (180 * WAN, matures, True)
+
+    day_before = datetime.combine(matures - timedelta(days=31), datetime.min.time(), UTC)
+    on_the_day = day_before + timedelta(days=1)
+    replicas = [Loans(demand_rt.pool, schema=SCHEMA, clock=lambda at=at: at) for at in (day_before, on_the_day)]
+    assert await replicas[0].warn_due() == 0  # 31 days before: not yet
+    assert await replicas[1].warn_due() >= 1
+    assert await replicas[1].warn_due() == 0  # once
+    [record] = await read_topic(bootstrap, topics.LOAN_RENEWALS_DUE.name, bool,
+                                lambda r: LoanRenewalDue.FromString(r.value).lead_id == lead, linger=0.5)
+    due = LoanRenewalDue.FromString(record.value)
+    assert (due.enterprise_uscc, due.institution_id, due.amount_fen, due.rate_bps, due.term_months) == (
+        demand.request.enterprise_uscc, bank, 180 * WAN, 385, 12)
+    assert (due.matures_on, due.days_to_maturity, due.first_loan) == (matures.isoformat(), 30, True)

@@ -1,5 +1,5 @@
 """Inbox features on the real broker and PostgreSQL: filters, MarkRead, Subscribe (resumable),
-demand status, roadshow and receivable notices."""
+demand status, roadshow, receivable and loan renewal notices."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from notifier_support import ENTERPRISE, INSTITUTION, inbox, matched, uid
 
 from finmesh.demand.v1 import demand_pb2 as dpb
 from finmesh.demand.v1 import events_pb2 as demand_events
+from finmesh.loan.v1.events_pb2 import LoanRenewalDue
 from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.roadshow.v1 import events_pb2 as rs
 from meshkit import topics
@@ -119,3 +120,16 @@ async def test_receivable_changes_tell_the_debtor_whom_to_pay_and_each_party_wha
         "financed: pay the new payee", "confirmed by the debtor"]
     assert [n.title.split(": ", 1)[1] for n in await inbox(stub, INSTITUTION, bank, want=2)] == [
         "financed: pay the new payee", "financing applied for"]
+
+
+async def test_a_loan_renewal_warning_reaches_the_enterprise_and_its_lender(stub, bootstrap: str) -> None:  # noqa: ANN001
+    t = uid()
+    await publish(bootstrap, topics.LOAN_RENEWALS_DUE, LoanRenewalDue(
+        lead_id=f"l-{t}", demand_id=f"d-{t}", enterprise_uscc=f"E{t}", institution_id=f"bank-{t}",
+        amount_fen=300_000_000, rate_bps=385, term_months=12, matures_on="2027-11-28", days_to_maturity=30,
+        first_loan=True))
+    [enterprise] = await inbox(stub, ENTERPRISE, f"E{t}")
+    [lender] = await inbox(stub, INSTITUTION, f"bank-{t}")
+    assert enterprise.kind == lender.kind == "loan.renewal_due" and enterprise.lead_id == f"l-{t}"
+    assert "matures on 2027-11-28, in 30 day(s)" in enterprise.body and "renewal" in enterprise.body
+    assert "Contact the enterprise" in lender.body

@@ -1,0 +1,76 @@
+"""The loan book's use cases: keeping each loan disbursed on a lead (from the leads' status
+changes) and warning of its maturity 30 days before, so that the enterprise and its lender can
+arrange a renewal in time (``LoanRenewalDue``, through the outbox)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import asyncpg
+
+from finmesh.lead.v1 import events_pb2 as lead_events
+from finmesh.lead.v1 import lead_pb2
+from finmesh.loan.v1 import events_pb2 as loan_events
+from meshkit import ids, inbox, outbox, topics
+from meshkit.clock import Clock
+from meshkit.lifecycle import drain, every
+from meshkit.pbtime import set_ts
+from services.demand import store as demand_store
+from services.demand.loans import domain as ln
+from services.demand.loans import store
+
+CONSUMER = "loans"
+
+
+def renewal_due(loan: ln.Loan, days_to_maturity: int) -> loan_events.LoanRenewalDue:
+    out = loan_events.LoanRenewalDue(
+        lead_id=loan.lead_id, demand_id=loan.demand_id, enterprise_uscc=loan.enterprise_uscc,
+        institution_id=loan.institution_id, amount_fen=loan.amount_fen, rate_bps=loan.rate_bps,
+        term_months=loan.term_months, matures_on=loan.matures_on.isoformat(), days_to_maturity=days_to_maturity,
+        first_loan=loan.first_loan)
+    set_ts(out.disbursed_at, loan.disbursed_at)
+    return out
+
+
+class Loans:
+    def __init__(self, pool: asyncpg.Pool, *, schema: str, clock: Clock) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.clock = clock
+
+    async def lead_changed(self, event_id: str, event: lead_events.LeadStatusChanged) -> None:
+        """A lead DISBURSED: its loan joins the book (once per event, and once per lead)."""
+        lead = event.lead
+        if lead.status != lead_pb2.LEAD_STATUS_DISBURSED or not lead.offer.term_months:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await inbox.claim(conn, CONSUMER, event_id):
+                return
+            demand = await demand_store.load_demand(conn, lead.demand_id)
+            if demand is None:
+                return
+            disbursed = lead.disbursement
+            at = disbursed.disbursed_at.ToDatetime(tzinfo=UTC) if disbursed.HasField("disbursed_at") else self.clock()
+            await store.record(conn, ln.Loan(
+                lead_id=lead.lead_id, demand_id=lead.demand_id, enterprise_uscc=demand.enterprise.uscc,
+                institution_id=lead.institution_id, amount_fen=disbursed.amount_fen, rate_bps=lead.offer.rate_bps,
+                term_months=lead.offer.term_months, disbursed_at=at,
+                first_loan=demand.request.first_loan or not demand.enterprise.has_borrowed))
+
+    async def warn_due(self, *, limit: int = 200) -> int:
+        """One batch of renewal warnings due today; returns how many were sent. Safe with several
+        replicas (rows locked, others skipped)."""
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await store.due_for_warning(conn, now.date(), limit)
+            if due:
+                await outbox.append_many(conn, [
+                    (topics.LOAN_RENEWALS_DUE, renewal_due(loan, (loan.matures_on - now.date()).days),
+                     ids.event_id("loan-renewal-due", loan.lead_id)) for loan in due],
+                    schema=self.schema, occurred_at=now)
+                await store.warned(conn, [loan.lead_id for loan in due], now)
+        return len(due)
+
+    async def run_warnings(self, interval_seconds: float) -> None:
+        """The background task: renewal warnings every ``interval_seconds``, until cancelled."""
+        await every(interval_seconds, lambda: drain(self.warn_due), "loan renewal warnings")
