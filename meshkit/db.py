@@ -17,13 +17,22 @@ _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 # Failures that pass by themselves: the server unreachable, restarting or shutting down (classes 08
 # and 57), out of connections or memory (53), a transaction chosen as a deadlock's victim or failing
-# serialisation (40), a lock not available now (55P03), an I/O error of the server (58), a pool or
-# connection closed under the caller.
+# serialisation (40), a lock not available now (55P03), an I/O error of the server (58), a standby
+# refusing writes or a session timed out during a failover (25), a prepared statement invalidated by
+# a migration (0A000, cached plan).
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
-    asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.PostgresSystemError, asyncpg.InterfaceError,
+    asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.PostgresSystemError,
+    asyncpg.exceptions.InvalidTransactionStateError, asyncpg.exceptions.InvalidCachedStatementError,
 )
+
+
+def transient(err: BaseException) -> bool:
+    """Whether a database failure may pass by itself (:data:`TRANSIENT_ERRORS`, or a pool or connection
+    closed under the caller: asyncpg's bare ``InterfaceError``, not its subclasses such as
+    ``DataError``, an argument the query cannot take)."""
+    return isinstance(err, TRANSIENT_ERRORS) or type(err) is asyncpg.InterfaceError
 
 
 async def create_pool(url: str, *, schema: str, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:

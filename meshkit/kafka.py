@@ -59,10 +59,10 @@ AssignmentListener = Callable[[set[TopicPartition]], None]
 
 def may_pass(err: BaseException) -> bool:
     """Whether a handler's failure may pass by itself, so its record is retried for ever: the
-    network, the broker or the database unreachable or busy (:data:`meshkit.db.TRANSIENT_ERRORS`),
-    or something not there yet (:class:`meshkit.errors.Unavailable`). Anything else is a defect or
+    network, the broker or the database unreachable or busy (:func:`meshkit.db.transient`), or
+    something not there yet (:class:`meshkit.errors.Unavailable`). Anything else is a defect or
     data the handler cannot take: retried a few times, then dead-lettered with the error."""
-    return isinstance(err, (OSError, KafkaError, errors.Unavailable, *db.TRANSIENT_ERRORS))
+    return isinstance(err, (OSError, KafkaError, errors.Unavailable)) or db.transient(err)
 
 
 class _GaveUp(Exception):

@@ -24,6 +24,8 @@ from meshkit.kafka import may_pass
     asyncpg.exceptions.SerializationError("could not serialize access"),
     asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
     asyncpg.exceptions.InterfaceError("pool is closing"),
+    asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),  # failover
+    asyncpg.exceptions.InvalidCachedStatementError("cached statement plan is invalid"),
     KafkaConnectionError(),
     NotLeaderForPartitionError(),
     errors.Unavailable("the institution's registration has not arrived yet"),
@@ -40,6 +42,7 @@ def test_failures_of_the_network_broker_or_database_are_waited_out(err: Exceptio
     asyncpg.exceptions.NumericValueOutOfRangeError("bigint out of range"),
     asyncpg.exceptions.StringDataRightTruncationError("value too long"),
     asyncpg.exceptions.UndefinedColumnError("column does not exist"),
+    asyncpg.exceptions._base.DataError("invalid input for query argument $1: 2147483648 (value out of int32 range)"),
     errors.NotFound("no lead with id 'x'"),
     errors.FailedPrecondition("an illegal transition"),
 ], ids=lambda e: type(e).__name__)
