@@ -80,4 +80,5 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.task(lambda: demands.run_expiry(EXPIRY_INTERVAL_SECONDS))
     rt.task(lambda: receivables.run_maturity(MATURITY_INTERVAL_SECONDS))
     rt.task(lambda: loans.run_warnings(MATURITY_INTERVAL_SECONDS))
+    rt.task(lambda: subsidies.run_lapses(MATURITY_INTERVAL_SECONDS))
     stats_api.register(rt)

@@ -341,7 +341,7 @@ class ReceivableChange:
 
     receivable_id: str
     version: int
-    change: str  # the ChangeKind's name without its prefix, e.g. "FINANCED"
+    change: str  # the ChangeKind's name without its prefix, e.g. "FINANCED" (or REGISTERED_BY_DEBTOR)
     document_number: str
     amount_fen: int
     supplier_uscc: str
@@ -357,6 +357,8 @@ class ReceivableChange:
 # change -> (the notice in English and Chinese, who is told: supplier, debtor, financier)
 RECEIVABLE_NOTICES: dict[str, tuple[tuple[str, str], tuple[str, ...]]] = {
     "UPLOADED": (("please confirm or dispute it", "请确认或提出异议"), ("debtor",)),
+    # uploaded by the debtor itself (confirmed at once): the supplier is told
+    "REGISTERED_BY_DEBTOR": (("registered and confirmed by the debtor", "债务人已登记并确认"), ("supplier",)),
     "BLOCKED_DUPLICATE": (("blocked: the same receivable is registered already", "已拦截：该应收账款已登记"),
                           ("supplier",)),
     "CONFIRMED": (("confirmed by the debtor", "债务人已确认"), ("supplier",)),

@@ -16,6 +16,7 @@ from finmesh.notification.v1 import clock_pb2 as cpb
 from finmesh.notification.v1 import delivery_pb2 as dlv
 from finmesh.notification.v1 import notification_pb2 as pb
 from finmesh.receivable.v1 import events_pb2 as receivable
+from finmesh.receivable.v1 import receivable_pb2
 from finmesh.roadshow.v1 import events_pb2 as roadshow
 from meshkit.pbtime import set_ts, ts_to_dt
 from services.notifier.domain import (
@@ -94,9 +95,11 @@ def receivable_change(msg: receivable.ReceivableChanged, occurred_at: datetime) 
     r = msg.receivable
     last = r.financings[-1] if r.financings else None
     live = last is not None and (last.approved or not last.HasField("decided_at"))
+    change = _name(receivable.ChangeKind, msg.change, "CHANGE_KIND_") if msg.change else ""
+    if change == "UPLOADED" and r.uploaded_by == receivable_pb2.PARTY_DEBTOR:
+        change = "REGISTERED_BY_DEBTOR"  # confirmed at once: nothing to ask the debtor
     return ReceivableChange(
-        receivable_id=r.receivable_id, version=r.version,
-        change=_name(receivable.ChangeKind, msg.change, "CHANGE_KIND_") if msg.change else "",
+        receivable_id=r.receivable_id, version=r.version, change=change,
         document_number=r.document_number, amount_fen=r.confirmed_amount_fen or r.face_amount_fen,
         supplier_uscc=r.supplier_uscc, debtor_uscc=r.debtor_uscc, due_date=r.due_date, current_payee=r.current_payee,
         financier=last.institution_id if live and last is not None else "",

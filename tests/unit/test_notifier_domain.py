@@ -106,6 +106,7 @@ def receivable_change(change: str, **kw: object) -> domain.ReceivableChange:
 
 @pytest.mark.parametrize(("change", "extra", "told"), [
     ("UPLOADED", {}, [("enterprise", "D1")]),
+    ("REGISTERED_BY_DEBTOR", {}, [("enterprise", "S1")]),
     ("BLOCKED_DUPLICATE", {}, [("enterprise", "S1")]),
     ("DISPUTED", {"reason": "never delivered"}, [("enterprise", "S1")]),
     ("FINANCING_REQUESTED", {"financier": "bank-a"}, [("institution", "bank-a")]),

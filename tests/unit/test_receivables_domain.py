@@ -43,7 +43,8 @@ def confirmed(**changes: object) -> r.Receivable:
 def financed(institution: str = "bank-a") -> r.Receivable:
     x = r.request_financing(confirmed(), supplier_uscc=SUPPLIER, institution_id=institution, amount_fen=40_000_000,
                             kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
-    return r.decide_financing(x, institution_id=institution, approve=True, rate_bps=380, decline_reason="", at=NOW)
+    return r.decide_financing(x, institution_id=institution, approve=True, rate_bps=380, decline_reason="",
+                              today=TODAY, at=NOW)
 
 
 def test_a_valid_upload_passes() -> None:
@@ -142,8 +143,12 @@ def test_financing_changes_the_payee_and_happens_once() -> None:
         r.request_financing(x, supplier_uscc=SUPPLIER, institution_id="bank-b", amount_fen=1,
                             kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
     with pytest.raises(PermissionDenied):  # paid to the financier now, not to the supplier
-        r.settle(x, payee=SUPPLIER, at=NOW)
-    settled = r.settle(x, payee="bank-a", at=NOW)
+        r.settle(x, supplier_uscc=SUPPLIER, at=NOW)
+    with pytest.raises(PermissionDenied):  # a supplier's report naming the financier is not the financier's
+        r.settle(x, supplier_uscc="bank-a", at=NOW)
+    with pytest.raises(PermissionDenied):
+        r.settle(x, institution_id="bank-b", at=NOW)
+    settled = r.settle(x, institution_id="bank-a", at=NOW)
     assert settled.status == r.Status.SETTLED and settled.history[-1].actor == "institution:bank-a"
 
 
@@ -154,11 +159,13 @@ def test_one_application_at_a_time_decided_only_by_its_financier() -> None:
         r.request_financing(x, supplier_uscc=SUPPLIER, institution_id="bank-b", amount_fen=1,
                             kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
     with pytest.raises(PermissionDenied):
-        r.decide_financing(x, institution_id="bank-b", approve=True, rate_bps=300, decline_reason="", at=NOW)
+        r.decide_financing(x, institution_id="bank-b", approve=True, rate_bps=300, decline_reason="", today=TODAY,
+                           at=NOW)
     with pytest.raises(ValidationFailed):
-        r.decide_financing(x, institution_id="bank-a", approve=False, rate_bps=0, decline_reason=" ", at=NOW)
+        r.decide_financing(x, institution_id="bank-a", approve=False, rate_bps=0, decline_reason=" ", today=TODAY,
+                           at=NOW)
     declined = r.decide_financing(x, institution_id="bank-a", approve=False, rate_bps=0,
-                                  decline_reason="debtor rating too low", at=NOW)
+                                  decline_reason="debtor rating too low", today=TODAY, at=NOW)
     assert (declined.status, declined.current_payee, declined.financier) == (r.Status.CONFIRMED, SUPPLIER, "")
     elsewhere = r.request_financing(declined, supplier_uscc=SUPPLIER, institution_id="bank-b", amount_fen=1,
                                     kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
@@ -190,7 +197,7 @@ def test_payment_prompts_come_at_7_days_1_day_and_the_due_date_then_a_financed_r
                     (due - timedelta(days=1), r.Change.PAYMENT_DUE, 1),
                     (due, r.Change.PAYMENT_DUE, 0), (due + timedelta(days=1), r.Change.OVERDUE, -1)]
     assert x.status == r.Status.OVERDUE and x.history[-1].actor == r.SERVICE_ACTOR
-    assert r.settle(x, payee="bank-a", at=NOW).status == r.Status.SETTLED
+    assert r.settle(x, institution_id="bank-a", at=NOW).status == r.Status.SETTLED
 
 
 def test_a_late_maturity_pass_sends_only_the_nearest_prompt_and_a_settled_receivable_none() -> None:
@@ -198,7 +205,9 @@ def test_a_late_maturity_pass_sends_only_the_nearest_prompt_and_a_settled_receiv
     late, changes = r.mature(x, today=x.due - timedelta(days=1), at=NOW)
     assert changes == [(r.Change.PAYMENT_DUE, 1)]
     assert r.next_check(late) == x.due
-    assert r.next_check(r.settle(x, payee=SUPPLIER, at=NOW)) is None
+    assert r.next_check(r.settle(x, supplier_uscc=SUPPLIER, at=NOW)) is None
+    with pytest.raises(PermissionDenied):  # no financier to report it
+        r.settle(x, institution_id="bank-a", at=NOW)
     unfinanced, changes = r.mature(late, today=x.due + timedelta(days=3), at=NOW)
     assert changes == [] and unfinanced.status == r.Status.CONFIRMED and r.next_check(unfinanced) is None
 
@@ -222,9 +231,9 @@ def test_whatever_happens_a_receivable_is_financed_at_most_once_and_paid_to_its_
                                         kind=r.FinancingKind.PLEDGE, today=day, at=NOW)
             elif action in ("approve", "decline") and x.pending is not None:
                 x = r.decide_financing(x, institution_id=x.pending.institution_id, approve=action == "approve",
-                                       rate_bps=300, decline_reason="no", at=NOW)
+                                       rate_bps=300, decline_reason="no", today=day, at=NOW)
             elif action == "settle":
-                x = r.settle(x, payee=x.current_payee, at=NOW)
+                x = r.settle(x, supplier_uscc=SUPPLIER, institution_id=x.financier, at=NOW)
             elif action == "mature":
                 day += timedelta(days=30)
                 x = r.mature(x, today=day, at=NOW)[0]
@@ -235,3 +244,22 @@ def test_whatever_happens_a_receivable_is_financed_at_most_once_and_paid_to_its_
         assert x.current_payee == (approved[0].institution_id if approved else SUPPLIER)
         assert all(b.status in r.TRANSITIONS[a.status] for a, b in zip(x.history, x.history[1:], strict=False))
         assert x.version >= len(x.history)
+
+
+def test_a_pending_application_lapses_at_the_due_date_and_a_late_approval_is_refused() -> None:
+    x = r.request_financing(confirmed(), supplier_uscc=SUPPLIER, institution_id="bank-a", amount_fen=1,
+                            kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
+    with pytest.raises(FailedPrecondition, match="too late"):
+        r.decide_financing(x, institution_id="bank-a", approve=True, rate_bps=300, decline_reason="", today=x.due,
+                           at=NOW)
+    assert r.next_check(x) == x.due - timedelta(days=7)
+    lapsed, changes = r.mature(x, today=x.due, at=NOW)
+    assert changes == [(r.Change.PAYMENT_DUE, 0), (r.Change.FINANCING_DECLINED, 0)]
+    assert (lapsed.status, lapsed.current_payee, lapsed.pending, lapsed.financier) == (
+        r.Status.CONFIRMED, SUPPLIER, None, "")
+    assert "lapsed" in lapsed.financings[-1].decline_reason
+
+
+def test_a_prompt_says_the_days_really_left() -> None:
+    x = confirmed(due_date=f"{TODAY + timedelta(days=5)}")
+    assert r.mature(x, today=TODAY, at=NOW)[1] == [(r.Change.PAYMENT_DUE, 5)]

@@ -4,7 +4,7 @@ overdraws a fund and gives quota back when a loan ends."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -105,3 +105,13 @@ def test_the_ledger_never_overdraws_and_matches_the_grants(steps: list[tuple[str
         held = list(grants.values())
         assert f.reserved_fen == sum(x.subsidy_fen for x in held if x.status == s.GrantStatus.RESERVED)
         assert f.utilised_fen == sum(x.subsidy_fen for x in held if x.status == s.GrantStatus.UTILISED)
+
+
+def test_a_reservation_lapses_when_its_loan_is_not_disbursed_within_90_days() -> None:
+    g, f = s.grant([XIAMEN], loan(), grant_id="g", now=NOW) or pytest.fail("no grant")
+    assert s.lapsed(g, f, now=NOW + timedelta(days=89)) == (g, f)
+    released, back = s.lapsed(g, f, now=NOW + timedelta(days=90))
+    assert released.status == s.GrantStatus.RELEASED and "lapsed" in released.reason
+    assert back.available_fen == XIAMEN.quota_fen
+    used, f = s.disbursed(g, f, 10_000_000, now=NOW)
+    assert s.lapsed(used, f, now=NOW + timedelta(days=400)) == (used, f)  # disbursed: only settlement ends it

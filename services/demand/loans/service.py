@@ -61,14 +61,16 @@ class Loans:
         """One batch of renewal warnings due today; returns how many were sent. Safe with several
         replicas (rows locked, others skipped)."""
         now = self.clock()
+        today = now.date()
         async with self.pool.acquire() as conn, conn.transaction():
-            due = await store.due_for_warning(conn, now.date(), limit)
-            if due:
+            due = await store.due_for_warning(conn, today, limit)
+            warn = [loan for loan in due if loan.matures_on >= today]  # one matured already (reported late): moot
+            if warn:
                 await outbox.append_many(conn, [
-                    (topics.LOAN_RENEWALS_DUE, renewal_due(loan, (loan.matures_on - now.date()).days),
-                     ids.event_id("loan-renewal-due", loan.lead_id)) for loan in due],
+                    (topics.LOAN_RENEWALS_DUE, renewal_due(loan, (loan.matures_on - today).days),
+                     ids.event_id("loan-renewal-due", loan.lead_id)) for loan in warn],
                     schema=self.schema, occurred_at=now)
-                await store.warned(conn, [loan.lead_id for loan in due], now)
+            await store.warned(conn, [loan.lead_id for loan in due], now)
         return len(due)
 
     async def run_warnings(self, interval_seconds: float) -> None:

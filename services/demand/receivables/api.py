@@ -52,10 +52,12 @@ class ReceivableApi(rpb_grpc.ReceivableServiceServicer):
 
     async def SettleReceivable(self, request: rpb.SettleReceivableRequest, context: grpc.aio.ServicerContext
                                ) -> rpb.SettleReceivableResponse:
-        payee = request.supplier_uscc.strip().upper()
-        if not payee:  # the financier reports: its key says who it is
-            payee = await self.institutions.authenticate(apikeys.from_context(context))
-        x = await self.receivables.settle(request.receivable_id.strip(), payee)
+        supplier = request.supplier_uscc.strip().upper()
+        if supplier:
+            x = await self.receivables.settle(request.receivable_id.strip(), supplier_uscc=supplier)
+        else:  # the financier reports: its key says who it is
+            institution_id = await self.institutions.authenticate(apikeys.from_context(context))
+            x = await self.receivables.settle(request.receivable_id.strip(), institution_id=institution_id)
         return rpb.SettleReceivableResponse(receivable=mapping.to_pb(x))
 
     async def GetReceivable(self, request: rpb.GetReceivableRequest, context: grpc.aio.ServicerContext

@@ -335,14 +335,17 @@ def request_financing(r: Receivable, *, supplier_uscc: str, institution_id: str,
 
 
 def decide_financing(r: Receivable, *, institution_id: str, approve: bool, rate_bps: int, decline_reason: str,
-                     at: datetime) -> Receivable:
-    """The financier applied to approves (the payee becomes the financier) or declines (CONFIRMED
-    again: the supplier may apply elsewhere)."""
+                     today: date, at: datetime) -> Receivable:
+    """The financier applied to approves (the payee becomes the financier) before the due date, or
+    declines (CONFIRMED again: the supplier may apply elsewhere)."""
     pending = r.pending
     if r.status != S.FINANCING or pending is None:
         raise FailedPrecondition(f"receivable {r.receivable_id} is {r.status.name}: no application is pending")
     if pending.institution_id != institution_id:
         raise PermissionDenied(f"the application for receivable {r.receivable_id} was made to another institution")
+    if approve and today >= r.due:
+        raise FailedPrecondition(f"receivable {r.receivable_id} is due on {r.upload.due_date}: too late to finance "
+                                 "(the application lapses)")
     v = Violations()
     if approve:
         v.check(0 <= rate_bps <= MAX_RATE_BPS, "rate_bps", f"must be 0-{MAX_RATE_BPS}")
@@ -361,12 +364,16 @@ def decide_financing(r: Receivable, *, institution_id: str, approve: bool, rate_
     return _moved(r, S.CONFIRMED, at, actor, f"financing declined: {decided.decline_reason}", financings=financings)
 
 
-def settle(r: Receivable, *, payee: str, at: datetime) -> Receivable:
-    """Paid, as reported by the current payee (the supplier's USCC or the financier's id)."""
-    if payee != r.current_payee:
+def settle(r: Receivable, *, supplier_uscc: str = "", institution_id: str = "", at: datetime) -> Receivable:
+    """Paid, as reported by the current payee: the supplier (by its USCC) while it is not financed,
+    the financier (``institution_id``, authenticated by the caller) once it is."""
+    if institution_id:
+        ok, actor = bool(r.financier) and institution_id == r.financier, f"institution:{institution_id}"
+    else:
+        ok, actor = not r.financier and supplier_uscc == r.upload.supplier_uscc, f"enterprise:{supplier_uscc}"
+    if not ok:
         raise PermissionDenied(f"only the current payee ({r.current_payee}) may report receivable "
-                               f"{r.receivable_id} paid")
-    actor = f"institution:{payee}" if payee == r.financier else f"enterprise:{payee}"
+                               f"{r.receivable_id} paid" + (" (with its API key)" if r.financier else ""))
     return _moved(r, S.SETTLED, at, actor, "paid to the payee")
 
 
@@ -380,6 +387,8 @@ def next_check(r: Receivable) -> date | None:
     days = [r.due.toordinal() - d for d in REMINDER_DAYS if d not in r.reminders_sent]
     if r.status == S.FINANCED:
         days.append(r.due.toordinal() + 1)
+    if r.status == S.FINANCING:
+        days.append(r.due.toordinal())  # a pending application lapses then
     return date.fromordinal(min(days)) if days else None
 
 
@@ -394,9 +403,15 @@ def mature(r: Receivable, *, today: date, at: datetime) -> tuple[Receivable, lis
     due_now = [d for d in REMINDER_DAYS if d not in r.reminders_sent and left <= d]
     if due_now and left >= 0:
         r = replace(r, reminders_sent=tuple(sorted({*r.reminders_sent, *due_now}, reverse=True)), version=r.version + 1)
-        changes.append((Change.PAYMENT_DUE, min(due_now)))
+        changes.append((Change.PAYMENT_DUE, left))
     elif due_now:  # the pass ran after the due date: those prompts are moot
         r = replace(r, reminders_sent=tuple(sorted({*r.reminders_sent, *due_now}, reverse=True)), version=r.version + 1)
+    pending = r.pending
+    if r.status == S.FINANCING and pending is not None and left <= 0:  # too late to finance: it lapses
+        lapsed = replace(pending, decided_at=at, decline_reason="the application lapsed at the due date")
+        r = _moved(r, S.CONFIRMED, at, SERVICE_ACTOR, f"financing declined: {lapsed.decline_reason}",
+                   financings=(*r.financings[:-1], lapsed))
+        changes.append((Change.FINANCING_DECLINED, left))
     if r.status == S.FINANCED and left < 0:
         r = _moved(r, S.OVERDUE, at, SERVICE_ACTOR, f"due on {r.upload.due_date}, not reported paid")
         changes.append((Change.OVERDUE, left))

@@ -11,7 +11,7 @@ import asyncpg
 
 from meshkit import ids, log, outbox, topics
 from meshkit.clock import Clock
-from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, require
+from meshkit.errors import AlreadyExists, FieldViolation, NotFound, ValidationFailed, Violations, require
 from meshkit.lifecycle import drain, every
 from meshkit.metrics import Metrics
 from services.demand import domain as demand_domain
@@ -47,7 +47,12 @@ class Receivables:
         now = self.clock()
         r.validate(u, today=now.date(), uscc_problem=demand_domain.uscc_problem)
         rid = receivable_id(u)
+        fingerprint = r.fingerprint(u)
         async with self.pool.acquire() as conn, conn.transaction():
+            # One upload of a request, and of a fingerprint, at a time (in this order): two at once
+            # neither both find none, nor both insert the same receivable.
+            for lock in (f"receivable-id:{rid}", f"receivable:{fingerprint}"):
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock)
             existing = await store.load(conn, rid)
             if existing is not None:
                 if existing.upload != u:
@@ -60,9 +65,6 @@ class Receivables:
                 v.check(await demand_store.get_enterprise(conn, uscc) is not None, field,
                         "no enterprise is registered with this code")
             v.raise_if_any()
-            fingerprint = r.fingerprint(u)
-            # One upload of a fingerprint at a time, so two at once cannot both find none live.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"receivable:{fingerprint}")
             duplicate_of = await store.live_with_fingerprint(conn, fingerprint) or ""
             near = () if duplicate_of else r.near_duplicates(u, await store.similar(conn, u))
             x = r.register(u, receivable_id=rid, now=now, duplicate_of=duplicate_of, near=near)
@@ -89,19 +91,22 @@ class Receivables:
         return new, changed
 
     async def confirm(self, receivable_id: str, debtor_uscc: str, amount_fen: int) -> tuple[r.Receivable, bool]:
+        require("debtor_uscc", debtor_uscc)
         return await self._change(
             receivable_id, lambda x, now: r.confirm(x, debtor_uscc=debtor_uscc, amount_fen=amount_fen, at=now),
             lambda _: r.Change.CONFIRMED)
 
     async def dispute(self, receivable_id: str, debtor_uscc: str, reason: str) -> r.Receivable:
+        require("debtor_uscc", debtor_uscc)
         return (await self._change(
             receivable_id, lambda x, now: (r.dispute(x, debtor_uscc=debtor_uscc, reason=reason, at=now), True),
             lambda _: r.Change.DISPUTED))[0]
 
     async def request_financing(self, receivable_id: str, supplier_uscc: str, institution_id: str, amount_fen: int,
                                 kind: int) -> r.Receivable:
+        require("supplier_uscc", supplier_uscc)
         if institution_id and await demand_store.get_institution(self.pool, institution_id) is None:
-            raise FailedPrecondition(f"no institution {institution_id!r} is registered")
+            raise ValidationFailed([FieldViolation("institution_id", "no institution with this id is registered")])
         return (await self._change(receivable_id, lambda x, now: (r.request_financing(
             x, supplier_uscc=supplier_uscc, institution_id=institution_id, amount_fen=amount_fen, kind=kind,
             today=now.date(), at=now), True), lambda _: r.Change.FINANCING_REQUESTED))[0]
@@ -110,12 +115,14 @@ class Receivables:
                                decline_reason: str) -> r.Receivable:
         return (await self._change(receivable_id, lambda x, now: (r.decide_financing(
             x, institution_id=institution_id, approve=approve, rate_bps=rate_bps, decline_reason=decline_reason,
-            at=now), True), lambda x: r.Change.FINANCED if x.status == r.Status.FINANCED
+            today=now.date(), at=now), True), lambda x: r.Change.FINANCED if x.status == r.Status.FINANCED
             else r.Change.FINANCING_DECLINED))[0]
 
-    async def settle(self, receivable_id: str, payee: str) -> r.Receivable:
-        return (await self._change(receivable_id, lambda x, now: (r.settle(x, payee=payee, at=now), True),
-                                   lambda _: r.Change.SETTLED))[0]
+    async def settle(self, receivable_id: str, *, supplier_uscc: str = "", institution_id: str = "") -> r.Receivable:
+        """``institution_id``: the caller authenticated as that financier; else ``supplier_uscc``."""
+        return (await self._change(receivable_id, lambda x, now: (r.settle(
+            x, supplier_uscc=supplier_uscc, institution_id=institution_id, at=now), True),
+            lambda _: r.Change.SETTLED))[0]
 
     async def get(self, receivable_id: str) -> r.Receivable:
         require("receivable_id", receivable_id)
@@ -146,7 +153,7 @@ class Receivables:
                 new, changes = r.mature(x, today=today, at=now)
                 await store.save(conn, new, now)
                 for change, days in changes:
-                    await self._announce(conn, new, change, now, days_to_due=max(0, days))
+                    await self._announce(conn, new, change, now, days_to_due=days)
         return len(due)
 
     async def run_maturity(self, interval_seconds: float) -> None:

@@ -2,8 +2,9 @@
 
 A grant reserves its amount of its fund's quota when the loan is approved, is recomputed on the
 amount disbursed (never more than reserved, the rest going back) and uses the quota then, and gives
-it back for reuse when the loan is settled. Amounts are fen, rounded down: loan x rate (bps) x
-term (months) / 12 / 10,000, capped per loan.
+it back for reuse when the loan is settled (a reservation whose loan is not disbursed within 90
+days lapses). Amounts are fen, rounded down: loan x rate (bps) x term (months) / 12 / 10,000,
+capped per loan.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntEnum
 
 from meshkit.errors import FailedPrecondition, Violations
 
 MAX_QUOTA_FEN = 10_000_000_000_000  # 100 billion yuan
 MAX_SUBSIDY_RATE_BPS = 1000
+RESERVATION_DAYS = 90  # an approved loan not disbursed by then gives its reservation back
 _FUND_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
@@ -135,6 +137,14 @@ def release(g: Grant, f: Fund, reason: str, *, now: datetime) -> tuple[Grant, Fu
     back = {GrantStatus.RESERVED: (g.subsidy_fen, 0), GrantStatus.UTILISED: (0, g.subsidy_fen)}[g.status]
     return (replace(g, status=GrantStatus.RELEASED, reason=reason, updated_at=now),
             replace(f, reserved_fen=f.reserved_fen - back[0], utilised_fen=f.utilised_fen - back[1]))
+
+
+def lapsed(g: Grant, f: Fund, *, now: datetime) -> tuple[Grant, Fund]:
+    """An approved loan not disbursed within :data:`RESERVATION_DAYS`: its reservation goes back (a
+    lead approved is only ever disbursed next, so nothing else would end it)."""
+    if g.status != GrantStatus.RESERVED or now - g.updated_at < timedelta(days=RESERVATION_DAYS):
+        return g, f
+    return release(g, f, f"approved {RESERVATION_DAYS}+ days ago and not disbursed: the reservation lapsed", now=now)
 
 
 def settled(g: Grant, f: Fund, *, now: datetime) -> tuple[Grant, Fund]:

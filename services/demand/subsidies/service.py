@@ -5,7 +5,7 @@ change of a grant, its fund's ledger, the inbox claim of the event that caused i
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -14,6 +14,7 @@ from finmesh.lead.v1 import lead_pb2
 from meshkit import ids, inbox, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import AlreadyExists, NotFound, PermissionDenied, Violations, require
+from meshkit.lifecycle import drain, every
 from meshkit.metrics import Metrics
 from services.demand import store as demand_store
 from services.demand.subsidies import domain as s
@@ -116,6 +117,19 @@ class Subsidies:
         rows = [f for f in await store.funds(conn, lock=True) if f.fund_id == fund_id]
         assert rows, f"the fund {fund_id} of a grant is gone"
         return rows[0]
+
+    async def lapse_due(self, *, limit: int = 200) -> int:
+        """One batch of reservations lapsed (loans approved :data:`domain.RESERVATION_DAYS` ago and
+        not disbursed); returns how many. Safe with several replicas."""
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await store.reserved_before(conn, now - timedelta(days=s.RESERVATION_DAYS), limit)
+            for g in due:
+                await self._save(conn, *s.lapsed(g, await self._fund_locked(conn, g.fund_id), now=now), now)
+        return len(due)
+
+    async def run_lapses(self, interval_seconds: float) -> None:
+        await every(interval_seconds, lambda: drain(self.lapse_due), "subsidy reservation lapses")
 
     async def settled(self, institution_id: str, lead_id: str) -> tuple[s.Grant, bool]:
         """The lender reports the loan of ``lead_id`` repaid: its grant's quota is released for reuse."""

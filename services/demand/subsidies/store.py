@@ -50,6 +50,14 @@ async def grant_of_lead(conn: Conn, lead_id: str, *, lock: bool = False) -> s.Gr
     return None if body is None else mapping.grant_from_pb(spb.Grant.FromString(body))
 
 
+async def reserved_before(conn: asyncpg.Connection, before: datetime, limit: int) -> list[s.Grant]:
+    """Grants reserved before ``before``, locked (rows another replica holds are skipped)."""
+    rows = await conn.fetch("SELECT body FROM subsidy_grants WHERE status = $1 AND updated_at < $2"
+                            " ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+                            int(s.GrantStatus.RESERVED), before, limit)
+    return [mapping.grant_from_pb(spb.Grant.FromString(row["body"])) for row in rows]
+
+
 async def save_grant(conn: asyncpg.Connection, g: s.Grant) -> None:
     await conn.execute(
         "INSERT INTO subsidy_grants (grant_id, lead_id, fund_id, enterprise_uscc, institution_id, status, body,"

@@ -115,6 +115,9 @@ async def test_a_receivable_is_confirmed_financed_once_paid_to_its_financier_and
     err = await rpc_error(receivables.SettleReceivable(S.SettleReceivableRequest(
         receivable_id=x.receivable_id, supplier_uscc=supplier)))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED  # the financier is paid now
+    err = await rpc_error(receivables.SettleReceivable(S.SettleReceivableRequest(
+        receivable_id=x.receivable_id, supplier_uscc=bank_a)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED  # naming the financier is not being it: its key is
     settled = (await receivables.SettleReceivable(S.SettleReceivableRequest(receivable_id=x.receivable_id),
                                                   metadata=key_a)).receivable
     assert settled.status == S.RECEIVABLE_STATUS_SETTLED
@@ -160,6 +163,11 @@ async def test_the_same_receivable_is_blocked_however_its_number_is_typed_and_a_
         request_id=f"race-{n}", receivable=invoice(supplier, debtor, document_number=other))) for n in range(4)))
     statuses = sorted(r.receivable.status for r in replies)
     assert statuses == [S.RECEIVABLE_STATUS_PENDING_CONFIRMATION] + [S.RECEIVABLE_STATUS_BLOCKED_DUPLICATE] * 3
+    # The same request four times at once: one receivable, created once.
+    same = await asyncio.gather(*(receivables.UploadReceivable(S.UploadReceivableRequest(
+        request_id="retried", receivable=invoice(supplier, debtor, document_number="INV-RETRY-1"))) for _ in range(4)))
+    assert len({r.receivable.receivable_id for r in same}) == 1 and sorted(r.created for r in same) == [
+        False, False, False, True]
 
 
 async def test_bad_uploads_name_every_wrong_field_and_unregistered_parties_are_refused(
@@ -205,7 +213,7 @@ async def test_the_maturity_pass_prompts_payment_then_marks_a_financed_receivabl
     events = await changes_of(bootstrap, x.receivable_id, 7)
     assert [(e.change, e.days_to_due) for e in events[3:]] == [
         (rev.CHANGE_KIND_PAYMENT_DUE, 7), (rev.CHANGE_KIND_PAYMENT_DUE, 1), (rev.CHANGE_KIND_PAYMENT_DUE, 0),
-        (rev.CHANGE_KIND_OVERDUE, 0)]
+        (rev.CHANGE_KIND_OVERDUE, -1)]
     assert all(e.receivable.current_payee == bank for e in events[3:])  # the debtor is told whom to pay
     paid = (await receivables.SettleReceivable(S.SettleReceivableRequest(receivable_id=x.receivable_id),
                                                metadata=key)).receivable

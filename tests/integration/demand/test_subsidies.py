@@ -27,10 +27,11 @@ from finmesh.subsidy.v1 import subsidy_pb2 as spb
 from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
 from meshkit import topics
 from meshkit.grpcserver import field_violations
-from meshkit.lifecycle import Runtime
+from meshkit.lifecycle import Runtime, drain
 from services.demand.app import SCHEMA
 from services.demand.loans.domain import add_months
 from services.demand.loans.service import Loans
+from services.demand.subsidies.service import Subsidies
 
 if TYPE_CHECKING:
     from .conftest import Stubs
@@ -65,7 +66,7 @@ async def grant_of(subsidies: spb_grpc.SubsidyServiceStub, fund_id: str, lead_id
 
 
 async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
-    stubs: Stubs, subsidies: spb_grpc.SubsidyServiceStub, producer, bootstrap: str  # noqa: ANN001
+    stubs: Stubs, subsidies: spb_grpc.SubsidyServiceStub, demand_rt: Runtime, producer, bootstrap: str  # noqa: ANN001
 ) -> None:
     fund_id = f"xiamen-{uuid.uuid4().hex[:6]}"
     terms = spb.Fund(fund_id=fund_id, name="Xiamen first-loan interest subsidy", quota_fen=30_000 * 100,
@@ -139,6 +140,18 @@ async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
         (first, spb.GRANT_STATUS_RELEASED, 25_000 * 100)])
     assert other_bank  # registered, never the lender
 
+    # An approval never disbursed: its reservation lapses after 90 days (a pass at 89 days keeps it).
+    _, (fourth,) = await demand_with_leads(stubs, producer, [bank])
+    await approve(stubs, fourth, bank_key, 100 * WAN, 12)
+    assert await grant_of(subsidies, fund_id, fourth, spb.GRANT_STATUS_RESERVED) is not None
+    for days in (89, 91):
+        later = datetime.now(UTC) + timedelta(days=days)
+        await drain(Subsidies(demand_rt.pool, demand_rt.metrics, schema=SCHEMA, clock=lambda at=later: at).lapse_due)
+    lapsed = await grant_of(subsidies, fund_id, fourth, spb.GRANT_STATUS_RELEASED)
+    assert lapsed is not None and "lapsed" in lapsed.reason
+    fund = (await subsidies.GetFund(spb.GetFundRequest(fund_id=fund_id))).fund
+    assert (fund.reserved_fen, fund.available_fen) == (0, 25_000 * 100)
+
 
 async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_before_it_matures(
     stubs: Stubs, demand_rt: Runtime, producer, bootstrap: str  # noqa: ANN001
@@ -167,3 +180,17 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
     assert (due.enterprise_uscc, due.institution_id, due.amount_fen, due.rate_bps, due.term_months) == (
         demand.request.enterprise_uscc, bank, 180 * WAN, 385, 12)
     assert (due.matures_on, due.days_to_maturity, due.first_loan) == (matures.isoformat(), 30, True)
+
+    # A loan reported disbursed after it matured (13 months ago, for 12): no warning is sent for it.
+    _, (late,) = await demand_with_leads(stubs, producer, [bank])
+    await approve(stubs, late, bank_key, 100 * WAN, 12)
+    await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=late, outcome=ld.LeadOutcome(
+        status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(
+            amount_fen=100 * WAN, disbursed_at=Timestamp(seconds=int(time.time()) - 395 * 86400)))),
+        metadata=key(bank_key))
+    await eventually(lambda: demand_rt.pool.fetchrow("SELECT 1 FROM loans WHERE lead_id = $1", late), bool)
+    now = datetime.now(UTC)
+    await drain(Loans(demand_rt.pool, schema=SCHEMA, clock=lambda: now).warn_due)
+    assert await demand_rt.pool.fetchval("SELECT warned_at FROM loans WHERE lead_id = $1", late) is not None
+    assert await read_topic(bootstrap, topics.LOAN_RENEWALS_DUE.name, lambda found: False,
+                            lambda r: LoanRenewalDue.FromString(r.value).lead_id == late, timeout=3) == []

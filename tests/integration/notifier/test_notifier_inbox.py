@@ -102,7 +102,8 @@ async def test_receivable_changes_tell_the_debtor_whom_to_pay_and_each_party_wha
     x = rd.request_financing(x, supplier_uscc=supplier, institution_id=bank, amount_fen=100_000_000,
                              kind=rd.FinancingKind.ASSIGNMENT, today=now.date(), at=now)
     steps.append((x, rd.Change.FINANCING_REQUESTED, 0))
-    x = rd.decide_financing(x, institution_id=bank, approve=True, rate_bps=420, decline_reason="", at=now)
+    x = rd.decide_financing(x, institution_id=bank, approve=True, rate_bps=420, decline_reason="", today=now.date(),
+                            at=now)
     steps.append((x, rd.Change.FINANCED, 0))
     x, [(change, days)] = rd.mature(x, today=now.date(), at=now)
     steps.append((x, change, days))
