@@ -114,9 +114,9 @@ class Subsidies:
         return made[0]
 
     async def _fund_locked(self, conn: asyncpg.Connection, fund_id: str) -> s.Fund:
-        rows = [f for f in await store.funds(conn, lock=True) if f.fund_id == fund_id]
-        assert rows, f"the fund {fund_id} of a grant is gone"
-        return rows[0]
+        f = await store.fund(conn, fund_id, lock=True)
+        assert f is not None, f"the fund {fund_id} of a grant is gone"  # a foreign key holds it
+        return f
 
     async def lapse_due(self, *, limit: int = 200) -> int:
         """One batch of reservations lapsed (loans approved :data:`domain.RESERVATION_DAYS` ago and

@@ -28,8 +28,9 @@ async def insert_fund(conn: Conn, f: s.Fund, now: datetime) -> bool:
     return done.endswith(" 1")
 
 
-async def fund(conn: Conn, fund_id: str) -> s.Fund | None:
-    row = await conn.fetchrow("SELECT * FROM subsidy_funds WHERE fund_id = $1", fund_id)
+async def fund(conn: Conn, fund_id: str, *, lock: bool = False) -> s.Fund | None:
+    row = await conn.fetchrow("SELECT * FROM subsidy_funds WHERE fund_id = $1" + (" FOR UPDATE" if lock else ""),
+                              fund_id)
     return None if row is None else _fund(row)
 
 
