@@ -20,8 +20,9 @@ from services.demand.service import Demands, Enterprises, Institutions, Intake
 
 
 class EnterpriseApi(epb_grpc.EnterpriseServiceServicer):
-    def __init__(self, enterprises: Enterprises) -> None:
+    def __init__(self, enterprises: Enterprises, institutions: Institutions) -> None:
         self.enterprises = enterprises
+        self.institutions = institutions
 
     async def RegisterEnterprise(self, request: epb.RegisterEnterpriseRequest, context: grpc.aio.ServicerContext
                                  ) -> epb.RegisterEnterpriseResponse:
@@ -48,6 +49,17 @@ class EnterpriseApi(epb_grpc.EnterpriseServiceServicer):
         )
         return epb.ListEnterprisesResponse(enterprises=[mapping.enterprise_to_pb(e) for e in found[: page.size]],
                                            next_page_token=page.next_token(len(found)))
+
+
+    async def EvaluateEnterprise(self, request: epb.EvaluateEnterpriseRequest, context: grpc.aio.ServicerContext
+                                 ) -> epb.EvaluateEnterpriseResponse:
+        institution_id = await self.institutions.authenticate(apikeys.from_context(context))
+        x = await self.enterprises.evaluate(request.uscc.strip().upper(), institution_id)
+        out = epb.Evaluation(uscc=x.uscc, score=x.score, grade=x.grade, rules_version=x.rules_version, factors=[
+            epb.EvaluationFactor(factor=f.factor, value=f.value, points=f.points, max_points=f.max_points)
+            for f in x.factors])
+        out.evaluated_at.GetCurrentTime()
+        return epb.EvaluateEnterpriseResponse(evaluation=out)
 
 
 class InstitutionApi(ipb_grpc.InstitutionServiceServicer):

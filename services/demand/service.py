@@ -38,7 +38,7 @@ from meshkit.kafka import ensure_topics
 from meshkit.lifecycle import drain, every
 from meshkit.metrics import Metrics
 from services.demand import domain as d
-from services.demand import mapping, store
+from services.demand import evaluation, mapping, store
 
 logger = log.get(__name__)
 
@@ -146,6 +146,17 @@ class Enterprises:
         if e is None:
             raise NotFound(f"no enterprise with USCC {uscc!r}")
         return e
+
+    async def evaluate(self, uscc: str, institution_id: str) -> evaluation.Evaluation:
+        """The platform's evaluation of ``uscc`` for an institution holding a lead for one of its
+        demands (:class:`PermissionDenied` for any other)."""
+        require("uscc", uscc)
+        e = await store.get_enterprise(self.pool, uscc)
+        if e is None or not await store.holds_lead_of(self.pool, institution_id, uscc):
+            raise PermissionDenied(f"institution {institution_id} holds no lead for an enterprise {uscc}: "
+                                   "only institutions it was introduced to see its evaluation")
+        disbursed, credit = await store.track_record(self.pool, uscc)
+        return evaluation.evaluate(e, evaluation.TrackRecord(disbursed, credit), year=codec.now().year)
 
     async def list(self, *, region_code: str, city: str, key_industry: int, srdi_tier: int, size: int,
                    special_zone: str, limit: int, offset: int) -> list[d.Enterprise]:

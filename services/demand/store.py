@@ -517,3 +517,20 @@ async def list_demand_ids(conn: Conn, f: DemandFilter, limit: int, offset: int) 
         limit, offset,
     )
     return [r["demand_id"] for r in rows]
+
+
+async def holds_lead_of(conn: Conn, institution_id: str, uscc: str) -> bool:
+    """Whether ``institution_id`` holds a lead for one of the enterprise's demands."""
+    return bool(await conn.fetchval(
+        "SELECT 1 FROM leads l JOIN demands d USING (demand_id) WHERE d.enterprise_uscc = $1"
+        " AND l.institution_id = $2 LIMIT 1", uscc, institution_id))
+
+
+async def track_record(conn: Conn, uscc: str) -> tuple[int, int]:
+    """(loans disbursed, leads declined for credit history) on the enterprise's demands."""
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE l.status = $2) AS disbursed,"
+        " count(*) FILTER (WHERE l.status = $3 AND l.decline_reason = $4) AS credit"
+        " FROM leads l JOIN demands d USING (demand_id) WHERE d.enterprise_uscc = $1",
+        uscc, int(d.LeadStatus.DISBURSED), int(d.LeadStatus.DECLINED), int(d.DeclineReason.CREDIT_HISTORY))
+    return row["disbursed"], row["credit"]

@@ -5,7 +5,7 @@ database: a fund is created once; an approved loan of an eligible enterprise get
 any application, its disbursal uses it (recomputed on what was disbursed, the rest given back), the
 lender's settlement releases it for reuse, a fund without room grants nothing, and every grant
 change is announced. A disbursed loan is kept with its maturity, and its renewal is warned of
-once, 30 days before it matures."""
+once, 30 days before it matures; its lender may evaluate the enterprise, and others may not."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from demand_support import WAN, demand_with_leads, read_topic, register_bank, rp
 from google.protobuf.timestamp_pb2 import Timestamp
 from waiting import eventually
 
+from finmesh.enterprise.v1 import enterprise_pb2 as ent
 from finmesh.lead.v1 import lead_pb2 as ld
 from finmesh.loan.v1.events_pb2 import LoanRenewalDue
 from finmesh.subsidy.v1 import events_pb2 as sev
@@ -165,6 +166,19 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
                                                                     disbursed_at=disbursed_at))),
         metadata=key(bank_key))
     kept = await eventually(lambda: demand_rt.pool.fetchrow("SELECT * FROM loans WHERE lead_id = $1", lead), bool)
+
+    # The lender, holding a lead for the enterprise, may evaluate it (its record counts the loan); others may not.
+    uscc = demand.request.enterprise_uscc
+    evaluation = (await stubs.enterprises.EvaluateEnterprise(ent.EvaluateEnterpriseRequest(uscc=uscc),
+                                                             metadata=key(bank_key))).evaluation
+    assert evaluation.score == sum(f.points for f in evaluation.factors) and evaluation.grade in "ABCD"
+    record = {f.factor: f for f in evaluation.factors}["track_record"]
+    assert (record.value, record.points) == ("1 loan(s) disbursed, 0 declined for credit history", 10)
+    _, stranger_key = await register_bank(stubs, "stranger")
+    for metadata in ((), key(stranger_key)):
+        err = await rpc_error(stubs.enterprises.EvaluateEnterprise(ent.EvaluateEnterpriseRequest(uscc=uscc),
+                                                                   metadata=metadata))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     matures = add_months(disbursed_at.ToDatetime(tzinfo=UTC).date(), 12)
     assert (kept["amount_fen"], kept["matures_on"], kept["first_loan"]) == (180 * WAN, matures, True)
 
