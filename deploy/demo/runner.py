@@ -8,6 +8,7 @@ aiokafka consumer subscribed by pattern to every institution's lead topic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -42,11 +44,15 @@ from finmesh.enterprise.v1 import enterprise_pb2 as ent
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2 as ins
 from finmesh.institution.v1 import institution_pb2_grpc as ins_grpc
+from finmesh.lead.v1 import lead_pb2 as ld
+from finmesh.lead.v1 import lead_pb2_grpc as ld_grpc
 from finmesh.matching.v1 import events_pb2 as matching
 from finmesh.receivable.v1 import receivable_pb2 as rcv
 from finmesh.receivable.v1 import receivable_pb2_grpc as rcv_grpc
 from finmesh.roadshow.v1 import roadshow_pb2 as rs
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
+from finmesh.subsidy.v1 import subsidy_pb2 as sub
+from finmesh.subsidy.v1 import subsidy_pb2_grpc as sub_grpc
 from meshkit import apikeys, codec, ids, topics
 from meshkit.kafka import ensure_topics, make_producer
 
@@ -59,6 +65,11 @@ LOAD_CONCURRENCY = 64
 SUBMIT_CONCURRENCY = 64
 RECENT_LEADS = 15
 FACTOR = "changhong-factoring"  # finances the demo's supply-chain receivables
+# First loans get 1% a year of their interest paid, up to 50,000 yuan a loan (the Xiamen model, for
+# every pilot city here; a real fund would name its region prefixes, e.g. "3502").
+DEMO_FUND = sub.Fund(fund_id="first-loans-pilot", name="First-loan interest subsidy (pilot)",
+                     quota_fen=5_000_000 * 100, subsidy_rate_bps=100, max_grant_fen=50_000 * 100,
+                     first_loans_only=True)
 CALL_TIMEOUT = 15.0
 PRODUCER_ID = "demo"
 
@@ -166,6 +177,8 @@ class Stats:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     recent: deque[LeadRow] = field(default_factory=lambda: deque(maxlen=RECENT_LEADS))
     sent_at: OrderedDict[tuple, float] = field(default_factory=OrderedDict)
+    outcomes: Counter = field(default_factory=Counter)  # reported by the banks' desks: contacted, approved, ...
+    subsidies: str = ""  # the demo fund's ledger, as SubsidyService shows it
 
     def sending(self, d: dem.DemandRequest) -> None:
         self.sent_at[content_key(d)] = time.monotonic()
@@ -238,6 +251,9 @@ def render(stats: Stats, rate: float, load_summary: str = "") -> Group:
         ("   demand→lead ", "bold"), f"p50 {ms(p50)} · p99 {ms(p99)}",
     )
     extra = Text(f"rate {rate:g}/s · up {time.monotonic() - stats.started:,.0f} s", style="dim")
+    if stats.outcomes:
+        extra.append("\nbanks reported " + " · ".join(f"{k} {v:,}" for k, v in sorted(stats.outcomes.items()))
+                     + (f"   {stats.subsidies}" if stats.subsidies else ""), style="dim")
     if load_summary:
         extra.append(f" · {load_summary}")
     if stats.failed:
@@ -363,6 +379,11 @@ async def load(target: Target, data: ds.Dataset, producer: AIOKafkaProducer) -> 
         by_grpc = [p for p in data.products if p.institution_id not in data.kafka_publishers]
         out["products (gRPC)"] = await _each(by_grpc, product, LOAD_CONCURRENCY)
         out["products (gRPC)"].verb = "upserted"  # the catalog ignores an unchanged product
+
+        async def fund(f: sub.Fund) -> bool:
+            return (await sub_grpc.SubsidyServiceStub(demand).CreateFund(sub.CreateFundRequest(fund=f),
+                                                                        timeout=CALL_TIMEOUT)).created
+        out["subsidy funds"] = await _each([DEMO_FUND], fund, 1)
     out["products (Kafka)"] = await publish_products(
         producer, [p for p in data.products if p.institution_id in data.kafka_publishers])
     return out
@@ -553,12 +574,77 @@ class Feeder:
                 self.stats.failure("portal publish", err)
 
 
+class BankDesk:
+    """The banks' side of the demo: one lead in four is worked by its institution (with the key it
+    got at registration): contacted, under review, then approved and disbursed, or declined. So
+    the demo shows leads' outcomes, the demands they fund, and the subsidies granted on them."""
+
+    def __init__(self, target: Target, stats: Stats) -> None:
+        self.target = target
+        self.stats = stats
+        self.keys = read_keys(target.keys_file)
+        self.queue: asyncio.Queue[matching.LeadIssued] = asyncio.Queue(maxsize=1000)
+
+    def take(self, issued: matching.LeadIssued) -> None:
+        lead = issued.lead
+        if int(hashlib.sha256(lead.lead_id.encode()).hexdigest(), 16) % 4 == 0 and lead.institution_id in self.keys:
+            with contextlib.suppress(asyncio.QueueFull):  # the desk is busy: the lead stays with its bank
+                self.queue.put_nowait(issued)
+
+    async def run(self) -> None:
+        async with grpc.aio.insecure_channel(self.target.demand_addr) as channel:
+            leads, funds = ld_grpc.LeadServiceStub(channel), sub_grpc.SubsidyServiceStub(channel)
+            watching = asyncio.create_task(self._watch_fund(funds))
+            try:
+                while True:
+                    issued = await self.queue.get()
+                    await self._work(leads, issued)
+            finally:
+                watching.cancel()
+
+    async def _work(self, stub: ld_grpc.LeadServiceStub, issued: matching.LeadIssued) -> None:
+        lead, d = issued.lead, issued.demand
+        approve = int(lead.lead_id[-1], 16) % 2 == 0
+        now = Timestamp()
+        now.GetCurrentTime()
+        steps = [ld.LeadOutcome(status=ld.LEAD_STATUS_CONTACTED, contact=ld.Contact(method=ld.CONTACT_METHOD_PHONE)),
+                 ld.LeadOutcome(status=ld.LEAD_STATUS_UNDER_REVIEW)]
+        if approve:
+            offer = ld.Offer(amount_fen=d.amount_fen, rate_bps=min(d.max_rate_bps or 450, 450),
+                             term_months=d.term_months)
+            steps += [ld.LeadOutcome(status=ld.LEAD_STATUS_APPROVED, offer=offer),
+                      ld.LeadOutcome(status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(
+                          amount_fen=d.amount_fen, disbursed_at=now))]
+        else:
+            steps.append(ld.LeadOutcome(status=ld.LEAD_STATUS_DECLINED, decline=ld.Decline(
+                reason_code=ld.DECLINE_REASON_INSUFFICIENT_COLLATERAL, text="collateral below the bank's ratio")))
+        await asyncio.sleep(0.5)
+        for outcome in steps:
+            try:
+                await stub.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=lead.lead_id, outcome=outcome),
+                                             timeout=CALL_TIMEOUT, metadata=((apikeys.HEADER,
+                                                                              self.keys[lead.institution_id]),))
+            except grpc.aio.AioRpcError:
+                return  # e.g. another bank funded the demand first: this lead was withdrawn
+            self.stats.outcomes[ld.LeadStatus.Name(outcome.status).removeprefix("LEAD_STATUS_").lower()] += 1
+
+    async def _watch_fund(self, stub: sub_grpc.SubsidyServiceStub) -> None:
+        while True:
+            await asyncio.sleep(2)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                f = (await stub.GetFund(sub.GetFundRequest(fund_id=DEMO_FUND.fund_id), timeout=CALL_TIMEOUT)).fund
+                self.stats.subsidies = (f"subsidy fund {f.fund_id}: granted {yuan(f.reserved_fen + f.utilised_fen)} "
+                                        f"of {yuan(f.quota_fen)} yuan")
+
+
 class LeadWatcher:
     """A bank-side consumer of every lead topic (subscribed by pattern), from the moment it starts."""
 
-    def __init__(self, bootstrap: str, stats: Stats, names: Names, run_id: str) -> None:
+    def __init__(self, bootstrap: str, stats: Stats, names: Names, run_id: str,
+                 desk: BankDesk | None = None) -> None:
         self.stats = stats
         self.names = names
+        self.desk = desk
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=f"demo-bank-{run_id}", client_id="demo-bank",
             enable_auto_commit=False, auto_offset_reset="latest", metadata_max_age_ms=3000,
@@ -586,6 +672,8 @@ class LeadWatcher:
                 except codec.PoisonMessage:
                     continue
                 self.stats.lead(env.message, self.names)
+                if self.desk is not None:
+                    self.desk.take(env.message)
 
     async def stop(self) -> None:
         try:
@@ -609,8 +697,8 @@ async def run(mesh: Any, *, rate: float | None = None, seed: int = ds.DEFAULT_SE
     producer = make_producer(target.bootstrap_servers, PRODUCER_ID)
     await producer.start()
     stats = Stats()
-    watcher = LeadWatcher(target.bootstrap_servers, stats, Names(data), run_id)
     tasks: list[asyncio.Task] = []
+    watcher: LeadWatcher | None = None
     try:
         began = time.monotonic()
         results = await load(target, data, producer)
@@ -627,13 +715,16 @@ async def run(mesh: Any, *, rate: float | None = None, seed: int = ds.DEFAULT_SE
         except grpc.aio.AioRpcError as err:  # the demo goes on without it
             console.print(f"[yellow]receivables: {err.code().name} {err.details()}[/]")
         console.print("subscribing to the lead topics …")
+        desk = BankDesk(target, stats)
+        watcher = LeadWatcher(target.bootstrap_servers, stats, Names(data), run_id, desk)
         summary = (f"{len(data.institutions)} institutions · {len(data.products)} products · "
                    f"{len(data.enterprises):,} enterprises")
         await watcher.start()
         stats.started = time.monotonic()
         feeder = Feeder(target, ds.DemandGenerator(data, seed), stats, producer, rate, run_id)
         tasks = [asyncio.create_task(watcher.run(), name="demo-leads"),
-                 asyncio.create_task(feeder.run(), name="demo-feed")]
+                 asyncio.create_task(feeder.run(), name="demo-feed"),
+                 asyncio.create_task(desk.run(), name="demo-bank-desk")]
         ends = time.monotonic() + duration if duration else None
         with Live(render(stats, rate, summary), console=console, refresh_per_second=4) as live:
             while ends is None or time.monotonic() < ends:
@@ -647,7 +738,8 @@ async def run(mesh: Any, *, rate: float | None = None, seed: int = ds.DEFAULT_SE
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await watcher.stop()
+        if watcher is not None:
+            await watcher.stop()
         try:
             await asyncio.wait_for(producer.stop(), 10)
         except Exception:  # noqa: BLE001 - closing at exit must not raise
