@@ -18,13 +18,15 @@ _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Failures that pass by themselves: the server unreachable, restarting or shutting down (classes 08
 # and 57), out of connections or memory (53), a transaction chosen as a deadlock's victim or failing
 # serialisation (40), a lock not available now (55P03), an I/O error of the server (58), a standby
-# refusing writes or a session timed out during a failover (25), a prepared statement invalidated by
-# a migration (0A000, cached plan).
+# refusing writes or a session timed out during a failover (25006, 25P03; not the rest of class 25,
+# which are defects such as 25P02, a transaction used after it failed), a prepared statement
+# invalidated by a migration (0A000, cached plan).
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.PostgresSystemError,
-    asyncpg.exceptions.InvalidTransactionStateError, asyncpg.exceptions.InvalidCachedStatementError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError, asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
+    asyncpg.exceptions.InvalidCachedStatementError,
 )
 
 

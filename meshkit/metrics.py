@@ -90,7 +90,8 @@ class Metrics:
         )
         self.subsidy_grants = Counter(
             "finmesh_subsidy_grants_total", "Interest subsidy grants by what happened: reserved (a loan approved), "
-            "utilised (disbursed), released (settled), none (no fund fits or has room).",
+            "utilised (disbursed), released (settled, or lapsed undisbursed), none (no fund fits or has room), "
+            "disbursed_after_lapse (a loan disbursed after its reservation lapsed: no subsidy).",
             ["outcome"], registry=r,
         )
         self.demand_to_lead = Histogram(

@@ -251,11 +251,11 @@ def render(stats: Stats, rate: float, load_summary: str = "") -> Group:
         ("   demand→lead ", "bold"), f"p50 {ms(p50)} · p99 {ms(p99)}",
     )
     extra = Text(f"rate {rate:g}/s · up {time.monotonic() - stats.started:,.0f} s", style="dim")
+    if load_summary:
+        extra.append(f" · {load_summary}")
     if stats.outcomes:
         extra.append("\nbanks reported " + " · ".join(f"{k} {v:,}" for k, v in sorted(stats.outcomes.items()))
                      + (f"   {stats.subsidies}" if stats.subsidies else ""), style="dim")
-    if load_summary:
-        extra.append(f" · {load_summary}")
     if stats.failed:
         extra.append(f"\nfailed calls {stats.failed:,} — last: {stats.last_error[:160]}", style="yellow")
     table = Table(expand=True, title="latest leads (as a bank's system receives them)", title_justify="left")
@@ -591,16 +591,22 @@ class BankDesk:
             with contextlib.suppress(asyncio.QueueFull):  # the desk is busy: the lead stays with its bank
                 self.queue.put_nowait(issued)
 
-    async def run(self) -> None:
+    async def run(self, workers: int = 8) -> None:
         async with grpc.aio.insecure_channel(self.target.demand_addr) as channel:
             leads, funds = ld_grpc.LeadServiceStub(channel), sub_grpc.SubsidyServiceStub(channel)
-            watching = asyncio.create_task(self._watch_fund(funds))
-            try:
+
+            async def worker() -> None:
                 while True:
-                    issued = await self.queue.get()
-                    await self._work(leads, issued)
+                    await self._work(leads, await self.queue.get())
+
+            tasks = [asyncio.create_task(self._watch_fund(funds)), *(asyncio.create_task(worker())
+                                                                      for _ in range(workers))]
+            try:
+                await asyncio.gather(*tasks)
             finally:
-                watching.cancel()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _work(self, stub: ld_grpc.LeadServiceStub, issued: matching.LeadIssued) -> None:
         lead, d = issued.lead, issued.demand
@@ -618,7 +624,7 @@ class BankDesk:
         else:
             steps.append(ld.LeadOutcome(status=ld.LEAD_STATUS_DECLINED, decline=ld.Decline(
                 reason_code=ld.DECLINE_REASON_INSUFFICIENT_COLLATERAL, text="collateral below the bank's ratio")))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
         for outcome in steps:
             try:
                 await stub.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=lead.lead_id, outcome=outcome),

@@ -50,7 +50,6 @@ class EnterpriseApi(epb_grpc.EnterpriseServiceServicer):
         return epb.ListEnterprisesResponse(enterprises=[mapping.enterprise_to_pb(e) for e in found[: page.size]],
                                            next_page_token=page.next_token(len(found)))
 
-
     async def EvaluateEnterprise(self, request: epb.EvaluateEnterpriseRequest, context: grpc.aio.ServicerContext
                                  ) -> epb.EvaluateEnterpriseResponse:
         institution_id = await self.institutions.authenticate(apikeys.from_context(context))
@@ -58,7 +57,7 @@ class EnterpriseApi(epb_grpc.EnterpriseServiceServicer):
         out = epb.Evaluation(uscc=x.uscc, score=x.score, grade=x.grade, rules_version=x.rules_version, factors=[
             epb.EvaluationFactor(factor=f.factor, value=f.value, points=f.points, max_points=f.max_points)
             for f in x.factors])
-        out.evaluated_at.GetCurrentTime()
+        out.evaluated_at.FromDatetime(self.enterprises.clock())
         return epb.EvaluateEnterpriseResponse(evaluation=out)
 
 

@@ -50,7 +50,7 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     demands = Demands(rt.pool, rt.metrics, schema=SCHEMA, clock=clock)
     institutions = Institutions(rt.pool, bootstrap, ref, schema=SCHEMA)
     rt.grpc.add(epb_grpc.add_EnterpriseServiceServicer_to_server,
-                EnterpriseApi(Enterprises(rt.pool, ref, schema=SCHEMA), institutions),
+                EnterpriseApi(Enterprises(rt.pool, ref, schema=SCHEMA, clock=clock), institutions),
                 epb.DESCRIPTOR.services_by_name["EnterpriseService"])
     rt.grpc.add(ipb_grpc.add_InstitutionServiceServicer_to_server, InstitutionApi(institutions),
                 ipb.DESCRIPTOR.services_by_name["InstitutionService"])

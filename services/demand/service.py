@@ -156,7 +156,7 @@ class Enterprises:
             raise PermissionDenied(f"institution {institution_id} holds no lead for an enterprise {uscc}: "
                                    "only institutions it was introduced to see its evaluation")
         disbursed, credit = await store.track_record(self.pool, uscc)
-        return evaluation.evaluate(e, evaluation.TrackRecord(disbursed, credit), year=codec.now().year)
+        return evaluation.evaluate(e, evaluation.TrackRecord(disbursed, credit), year=self.clock().year)
 
     async def list(self, *, region_code: str, city: str, key_industry: int, srdi_tier: int, size: int,
                    special_zone: str, limit: int, offset: int) -> list[d.Enterprise]:

@@ -519,11 +519,16 @@ async def list_demand_ids(conn: Conn, f: DemandFilter, limit: int, offset: int) 
     return [r["demand_id"] for r in rows]
 
 
+_HELD = [int(s) for s in (d.LeadStatus.DELIVERED, d.LeadStatus.CONTACTED, d.LeadStatus.UNDER_REVIEW,
+                          d.LeadStatus.APPROVED, d.LeadStatus.DISBURSED)]
+
+
 async def holds_lead_of(conn: Conn, institution_id: str, uscc: str) -> bool:
-    """Whether ``institution_id`` holds a lead for one of the enterprise's demands."""
+    """Whether ``institution_id`` holds a lead for one of the enterprise's demands, being worked or
+    disbursed (not one it declined, let lapse, or had withdrawn)."""
     return bool(await conn.fetchval(
         "SELECT 1 FROM leads l JOIN demands d USING (demand_id) WHERE d.enterprise_uscc = $1"
-        " AND l.institution_id = $2 LIMIT 1", uscc, institution_id))
+        " AND l.institution_id = $2 AND l.status = ANY($3::int[]) LIMIT 1", uscc, institution_id, _HELD))
 
 
 async def track_record(conn: Conn, uscc: str) -> tuple[int, int]:

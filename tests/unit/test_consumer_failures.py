@@ -42,6 +42,7 @@ def test_failures_of_the_network_broker_or_database_are_waited_out(err: Exceptio
     asyncpg.exceptions.NumericValueOutOfRangeError("bigint out of range"),
     asyncpg.exceptions.StringDataRightTruncationError("value too long"),
     asyncpg.exceptions.UndefinedColumnError("column does not exist"),
+    asyncpg.exceptions.InFailedSQLTransactionError("current transaction is aborted"),  # a handler's defect
     asyncpg.exceptions._base.DataError("invalid input for query argument $1: 2147483648 (value out of int32 range)"),
     errors.NotFound("no lead with id 'x'"),
     errors.FailedPrecondition("an illegal transition"),

@@ -20,6 +20,7 @@ from meshkit.errors import FailedPrecondition, Violations
 MAX_QUOTA_FEN = 10_000_000_000_000  # 100 billion yuan
 MAX_SUBSIDY_RATE_BPS = 1000
 RESERVATION_DAYS = 90  # an approved loan not disbursed by then gives its reservation back
+LAPSED = "the reservation lapsed"
 _FUND_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
@@ -144,7 +145,7 @@ def lapsed(g: Grant, f: Fund, *, now: datetime) -> tuple[Grant, Fund]:
     lead approved is only ever disbursed next, so nothing else would end it)."""
     if g.status != GrantStatus.RESERVED or now - g.updated_at < timedelta(days=RESERVATION_DAYS):
         return g, f
-    return release(g, f, f"approved {RESERVATION_DAYS}+ days ago and not disbursed: the reservation lapsed", now=now)
+    return release(g, f, f"approved {RESERVATION_DAYS}+ days ago and not disbursed: {LAPSED}", now=now)
 
 
 def settled(g: Grant, f: Fund, *, now: datetime) -> tuple[Grant, Fund]:

@@ -92,6 +92,10 @@ class Subsidies:
             if status == lead_pb2.LEAD_STATUS_DISBURSED and current.status == s.GrantStatus.RESERVED:
                 f = await self._fund_locked(conn, current.fund_id)
                 await self._save(conn, *s.disbursed(current, f, lead.disbursement.amount_fen, now=now), now)
+            elif status == lead_pb2.LEAD_STATUS_DISBURSED and current.status == s.GrantStatus.RELEASED \
+                    and current.reason.endswith(s.LAPSED):
+                logger.warning("loan disbursed after its subsidy reservation lapsed: no subsidy", lead_id=lead.lead_id)
+                self.metrics.subsidy_grants.labels("disbursed_after_lapse").inc()
 
     async def _grant(self, conn: asyncpg.Connection, event: lead_events.LeadStatusChanged, now: datetime
                      ) -> s.Grant | None:
@@ -105,7 +109,16 @@ class Subsidies:
                       institution_id=lead.institution_id, amount_fen=offer.amount_fen, term_months=offer.term_months,
                       region_code=e.region_code, key_industry=e.key_industry,
                       has_borrowed=e.has_borrowed and not demand.request.first_loan)
-        made = s.grant(await store.funds(conn, lock=True), loan, grant_id=grant_id(lead.lead_id), now=now)
+        made = None
+        # Candidates are read without locks; only the fund chosen is locked (and checked again), in id
+        # order, so grants to different funds go on at once and lock orders never cross.
+        for candidate in sorted(await store.funds(conn), key=lambda f: f.fund_id):
+            if s.grant([candidate], loan, grant_id="", now=now) is None:
+                continue
+            made = s.grant([await self._fund_locked(conn, candidate.fund_id)], loan, grant_id=grant_id(lead.lead_id),
+                           now=now)
+            if made is not None:
+                break
         if made is None:
             self.metrics.subsidy_grants.labels("none").inc()
             return None
@@ -124,7 +137,7 @@ class Subsidies:
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             due = await store.reserved_before(conn, now - timedelta(days=s.RESERVATION_DAYS), limit)
-            for g in due:
+            for g in sorted(due, key=lambda x: x.fund_id):  # funds locked in id order, as grants lock them
                 await self._save(conn, *s.lapsed(g, await self._fund_locked(conn, g.fund_id), now=now), now)
         return len(due)
 

@@ -34,9 +34,9 @@ async def fund(conn: Conn, fund_id: str, *, lock: bool = False) -> s.Fund | None
     return None if row is None else _fund(row)
 
 
-async def funds(conn: Conn, *, lock: bool = False, limit: int = 10_000, offset: int = 0) -> list[s.Fund]:
-    rows = await conn.fetch("SELECT * FROM subsidy_funds ORDER BY fund_id LIMIT $1 OFFSET $2"
-                            + (" FOR UPDATE" if lock else ""), limit, offset)
+async def funds(conn: Conn, *, limit: int | None = None, offset: int = 0) -> list[s.Fund]:
+    """Funds by id (all of them without ``limit``)."""
+    rows = await conn.fetch("SELECT * FROM subsidy_funds ORDER BY fund_id LIMIT $1 OFFSET $2", limit, offset)
     return [_fund(row) for row in rows]
 
 
@@ -53,9 +53,8 @@ async def grant_of_lead(conn: Conn, lead_id: str, *, lock: bool = False) -> s.Gr
 
 async def reserved_before(conn: asyncpg.Connection, before: datetime, limit: int) -> list[s.Grant]:
     """Grants reserved before ``before``, locked (rows another replica holds are skipped)."""
-    rows = await conn.fetch("SELECT body FROM subsidy_grants WHERE status = $1 AND updated_at < $2"
-                            " ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED",
-                            int(s.GrantStatus.RESERVED), before, limit)
+    rows = await conn.fetch(f"SELECT body FROM subsidy_grants WHERE status = {int(s.GrantStatus.RESERVED)}"
+                            " AND updated_at < $1 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED", before, limit)
     return [mapping.grant_from_pb(spb.Grant.FromString(row["body"])) for row in rows]
 
 

@@ -63,7 +63,8 @@ async def grant_of(subsidies: spb_grpc.SubsidyServiceStub, fund_id: str, lead_id
     async def find() -> spb.Grant | None:
         found = await subsidies.ListGrants(spb.ListGrantsRequest(fund_id=fund_id, page_size=500))
         return next((g for g in found.grants if g.lead_id == lead_id), None)
-    return await eventually(find, lambda g: g is not None and g.status == status)
+    g = await eventually(find, lambda g: g is not None and g.status == status)
+    return g if g is not None and g.status == status else None
 
 
 async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
@@ -148,6 +149,9 @@ async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
     for days in (89, 91):
         later = datetime.now(UTC) + timedelta(days=days)
         await drain(Subsidies(demand_rt.pool, demand_rt.metrics, schema=SCHEMA, clock=lambda at=later: at).lapse_due)
+        if days == 89:
+            assert await grant_of(subsidies, fund_id, fourth, spb.GRANT_STATUS_RESERVED) is not None
+            assert (await subsidies.GetFund(spb.GetFundRequest(fund_id=fund_id))).fund.reserved_fen == 10_000 * 100
     lapsed = await grant_of(subsidies, fund_id, fourth, spb.GRANT_STATUS_RELEASED)
     assert lapsed is not None and "lapsed" in lapsed.reason
     fund = (await subsidies.GetFund(spb.GetFundRequest(fund_id=fund_id))).fund
