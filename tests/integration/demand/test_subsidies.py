@@ -29,6 +29,7 @@ from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
 from meshkit import topics
 from meshkit.grpcserver import field_violations
 from meshkit.lifecycle import Runtime, drain
+from services.demand import store as demand_store
 from services.demand.app import SCHEMA
 from services.demand.loans.domain import add_months
 from services.demand.loans.service import Loans
@@ -183,6 +184,21 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
         err = await rpc_error(stubs.enterprises.EvaluateEnterprise(ent.EvaluateEnterpriseRequest(uscc=uscc),
                                                                    metadata=metadata))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A bank that declined its lead for an enterprise (for its credit history) no longer sees it; its record shows it.
+    declining, declining_key = await register_bank(stubs, "decliner")
+    declined_demand, (declined,) = await demand_with_leads(stubs, producer, [declining])
+    other = declined_demand.request.enterprise_uscc
+    assert (await stubs.enterprises.EvaluateEnterprise(ent.EvaluateEnterpriseRequest(uscc=other),
+                                                       metadata=key(declining_key))).evaluation.score > 0
+    for outcome in (ld.LeadOutcome(status=ld.LEAD_STATUS_CONTACTED, contact=ld.Contact(method=ld.CONTACT_METHOD_PHONE)),
+                    ld.LeadOutcome(status=ld.LEAD_STATUS_DECLINED, decline=ld.Decline(
+                        reason_code=ld.DECLINE_REASON_CREDIT_HISTORY, text="overdue loans elsewhere"))):
+        await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=declined, outcome=outcome),
+                                            metadata=key(declining_key))
+    err = await rpc_error(stubs.enterprises.EvaluateEnterprise(ent.EvaluateEnterpriseRequest(uscc=other),
+                                                               metadata=key(declining_key)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await demand_store.track_record(demand_rt.pool, other) == (0, 1)  # what its evaluation will count
     matures = add_months(disbursed_at.ToDatetime(tzinfo=UTC).date(), 12)
     assert (kept["amount_fen"], kept["matures_on"], kept["first_loan"]) == (180 * WAN, matures, True)
 
@@ -212,3 +228,4 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
     assert await demand_rt.pool.fetchval("SELECT warned_at FROM loans WHERE lead_id = $1", late) is not None
     assert await read_topic(bootstrap, topics.LOAN_RENEWALS_DUE.name, lambda found: False,
                             lambda r: LoanRenewalDue.FromString(r.value).lead_id == late, timeout=3) == []
+
