@@ -70,9 +70,8 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.consume(topics.LEAD_OUTCOMES, consumers.lead_outcome_reported(demands))
     rt.consume(topics.LEAD_SLA_BREACHED, consumers.lead_sla_breached(demands))
     # Interest subsidies and the loan book follow the leads' outcomes, from this service's own events.
-    loans = Loans(rt.pool, schema=SCHEMA, clock=clock)
-    rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(subsidies, loans),
-               group=f"{rt.service}.subsidies")
+    loans = Loans(rt.pool, subsidies, schema=SCHEMA, clock=clock)
+    rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(loans), group=f"{rt.service}.loans")
     policies = rt.consume(topics.CONTACT_POLICIES_CHANGED, consumers.contact_policy_changed(demands))
     # An intent's lead is dated by its institution's policy: the ones announced before start come first.
     rt.consume(topics.ROADSHOW_INTENTS, consumers.roadshow_intent(demands), after=[policies.caught_up],

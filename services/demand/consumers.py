@@ -18,7 +18,6 @@ from services.demand import domain as d
 from services.demand import mapping
 from services.demand.loans.service import Loans
 from services.demand.service import Demands, Intake, RoadshowIntent, Submission
-from services.demand.subsidies.service import Subsidies
 
 PORTAL_CHANNELS = (d.Channel.ONLINE_PORTAL, d.Channel.OFFLINE_WINDOW)
 
@@ -130,15 +129,14 @@ def lead_sla_breached(demands: Demands) -> Handler:
     return handle
 
 
-def lead_status_changed(subsidies: Subsidies, loans: Loans) -> Handler:
-    """``LeadStatusChanged`` (this service's own) → interest subsidies granted or used, and loans
-    disbursed kept in the loan book (each once per event)."""
+def lead_status_changed(loans: Loans) -> Handler:
+    """``LeadStatusChanged`` (this service's own) → loans approved or disbursed: their interest
+    subsidies granted or used, and the loans disbursed kept in the loan book."""
 
     async def handle(env: Envelope) -> None:
         msg: lead_events.LeadStatusChanged = env.message  # type: ignore[assignment]
         if not msg.lead.lead_id:
             raise PoisonMessage("invalid lead status change: lead.lead_id: is required")
-        await subsidies.lead_changed(env.event_id, msg)
         await loans.lead_changed(env.event_id, msg)
 
     return handle

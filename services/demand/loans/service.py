@@ -1,6 +1,7 @@
-"""The loan book's use cases: keeping each loan disbursed on a lead (from the leads' status
-changes) and warning of its maturity 30 days before, so that the enterprise and its lender can
-arrange a renewal in time (``LoanRenewalDue``, through the outbox)."""
+"""The loan book's use cases: following each loan approved or disbursed on a lead (from the
+leads' status changes; its interest subsidy with it), keeping the loans disbursed, and warning of
+their maturity 30 days before, so that the enterprise and its lender can arrange a renewal in time
+(``LoanRenewalDue``, through the outbox)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from meshkit.pbtime import set_ts
 from services.demand import store as demand_store
 from services.demand.loans import domain as ln
 from services.demand.loans import store
+from services.demand.subsidies.service import Subsidies
 
-CONSUMER = "loans"
+CONSUMER = "loan-outcomes"
 
 
 def renewal_due(loan: ln.Loan, days_to_maturity: int) -> loan_events.LoanRenewalDue:
@@ -33,24 +35,30 @@ def renewal_due(loan: ln.Loan, days_to_maturity: int) -> loan_events.LoanRenewal
 
 
 class Loans:
-    def __init__(self, pool: asyncpg.Pool, *, schema: str, clock: Clock) -> None:
+    def __init__(self, pool: asyncpg.Pool, subsidies: Subsidies, *, schema: str, clock: Clock) -> None:
         self.pool = pool
+        self.subsidies = subsidies
         self.schema = schema
         self.clock = clock
 
     async def lead_changed(self, event_id: str, event: lead_events.LeadStatusChanged) -> None:
-        """A lead DISBURSED: its loan joins the book (once per event, and once per lead)."""
+        """A loan approved or disbursed on a lead: its subsidy granted or used, and, disbursed, the
+        loan joins the book; in one transaction, once per event (and once per lead)."""
         lead = event.lead
-        if lead.status != lead_pb2.LEAD_STATUS_DISBURSED or not lead.offer.term_months:
+        if lead.status not in (lead_pb2.LEAD_STATUS_APPROVED, lead_pb2.LEAD_STATUS_DISBURSED):
             return
+        now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             if not await inbox.claim(conn, CONSUMER, event_id):
                 return
             demand = await demand_store.load_demand(conn, lead.demand_id)
             if demand is None:
                 return
+            await self.subsidies.on_lead(conn, lead, demand, now)
+            if lead.status != lead_pb2.LEAD_STATUS_DISBURSED or not lead.offer.term_months:
+                return
             disbursed = lead.disbursement
-            at = disbursed.disbursed_at.ToDatetime(tzinfo=UTC) if disbursed.HasField("disbursed_at") else self.clock()
+            at = disbursed.disbursed_at.ToDatetime(tzinfo=UTC) if disbursed.HasField("disbursed_at") else now
             await store.record(conn, ln.Loan(
                 lead_id=lead.lead_id, demand_id=lead.demand_id, enterprise_uscc=demand.enterprise.uscc,
                 institution_id=lead.institution_id, amount_fen=disbursed.amount_fen, rate_bps=lead.offer.rate_bps,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import asyncpg
 
@@ -33,5 +33,5 @@ async def due_for_warning(conn: asyncpg.Connection, today: date, limit: int) -> 
     return [_loan(row) for row in rows]
 
 
-async def warned(conn: asyncpg.Connection, lead_ids: list[str], at: object) -> None:
+async def warned(conn: asyncpg.Connection, lead_ids: list[str], at: datetime) -> None:
     await conn.execute("UPDATE loans SET warned_at = $2 WHERE lead_id = ANY($1::text[])", lead_ids, at)

@@ -148,7 +148,6 @@ class Receivable:
     confirmed_amount_fen: int = 0
     duplicate_of: str = ""
     near_duplicates: tuple[NearDuplicate, ...] = ()
-    current_payee: str = ""  # the supplier's USCC, or the financier's institution id
     financings: tuple[Financing, ...] = ()
     reminders_sent: tuple[int, ...] = ()
     dispute_reason: str = ""
@@ -161,6 +160,11 @@ class Receivable:
     def financier(self) -> str:
         """The institution that financed it ("" if none)."""
         return next((f.institution_id for f in self.financings if f.approved), "")
+
+    @property
+    def current_payee(self) -> str:
+        """Whom the debtor pays: the financier once it is financed, else the supplier (its USCC)."""
+        return self.financier or self.upload.supplier_uscc
 
     @property
     def pending(self) -> Financing | None:
@@ -256,7 +260,7 @@ def register(u: Upload, *, receivable_id: str, now: datetime, duplicate_of: str 
     return Receivable(
         receivable_id=receivable_id, upload=u, fingerprint=fingerprint(u), status=status,
         history=(StatusChange(status, now, actor, reason),), created_at=now, duplicate_of=duplicate_of,
-        near_duplicates=near, current_payee=u.supplier_uscc,
+        near_duplicates=near,
         confirmed_amount_fen=u.face_amount_fen if status == S.CONFIRMED else 0,
     )
 
@@ -360,7 +364,7 @@ def decide_financing(r: Receivable, *, institution_id: str, approve: bool, rate_
     actor = f"institution:{institution_id}"
     if approve:
         return _moved(r, S.FINANCED, at, actor, f"financed: the payee is {institution_id} now",
-                      financings=financings, current_payee=institution_id)
+                      financings=financings)
     return _moved(r, S.CONFIRMED, at, actor, f"financing declined: {decided.decline_reason}", financings=financings)
 
 

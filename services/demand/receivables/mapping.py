@@ -56,7 +56,7 @@ def from_pb(x: rpb.Receivable) -> r.Receivable:
                       for h in x.history),
         confirmed_amount_fen=x.confirmed_amount_fen, duplicate_of=x.duplicate_of,
         near_duplicates=tuple(r.NearDuplicate(n.receivable_id, n.reason) for n in x.near_duplicates),
-        current_payee=x.current_payee, reminders_sent=tuple(x.reminders_sent), dispute_reason=x.dispute_reason,
+        reminders_sent=tuple(x.reminders_sent), dispute_reason=x.dispute_reason,
         financings=tuple(r.Financing(f.institution_id, f.amount_fen, r.FinancingKind(f.kind),
                                      requested_at=ts_to_dt(f.requested_at) or created_at,
                                      decided_at=ts_to_dt(f.decided_at), approved=f.approved, rate_bps=f.rate_bps,

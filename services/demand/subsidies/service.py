@@ -1,7 +1,7 @@
 """Subsidy funds' use cases: creating funds, and granting, using and releasing subsidies from the
-leads' outcomes (``LeadStatusChanged``, this service's own events) without any application. Each
-change of a grant, its fund's ledger, the inbox claim of the event that caused it and its
-``GrantChanged`` are written in one transaction."""
+leads' outcomes (``LeadStatusChanged``, this service's own events, handed over by the loan book:
+:class:`services.demand.loans.service.Loans`) without any application. Each change of a grant, its
+fund's ledger and its ``GrantChanged`` are written in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -9,20 +9,18 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.lead.v1 import lead_pb2
-from meshkit import ids, inbox, log, outbox, topics
+from meshkit import ids, log, outbox, topics
 from meshkit.clock import Clock
 from meshkit.errors import AlreadyExists, NotFound, PermissionDenied, Violations, require
 from meshkit.lifecycle import drain, every
 from meshkit.metrics import Metrics
-from services.demand import store as demand_store
+from services.demand.domain import Demand
 from services.demand.subsidies import domain as s
 from services.demand.subsidies import mapping, store
 
 logger = log.get(__name__)
 
-CONSUMER = "subsidies"
 
 
 def grant_id(lead_id: str) -> str:
@@ -72,37 +70,28 @@ class Subsidies:
                                  schema=self.schema, occurred_at=now)
         self.metrics.subsidy_grants.labels(g.status.name.lower()).inc()
 
-    async def lead_changed(self, event_id: str, event: lead_events.LeadStatusChanged) -> None:
-        """A lead's outcome: approved → a grant if a fund fits and has room; disbursed → the grant
-        used (granted now if the approval's event made none). An approved lead can only be disbursed
-        next (the lead life cycle), so a reservation ends by disbursal. Once per event."""
-        lead = event.lead
-        status = lead.status
-        if status not in (lead_pb2.LEAD_STATUS_APPROVED, lead_pb2.LEAD_STATUS_DISBURSED):
-            return
-        now = self.clock()
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await inbox.claim(conn, CONSUMER, event_id):
-                return
-            current = await store.grant_of_lead(conn, lead.lead_id, lock=True)
+    async def on_lead(self, conn: asyncpg.Connection, lead: lead_pb2.Lead, demand: Demand, now: datetime) -> None:
+        """A loan's outcome, in the caller's transaction (:meth:`Loans.lead_changed`): approved → a
+        grant if a fund fits and has room; disbursed → the grant used (granted now if the approval
+        made none). An approved lead can only be disbursed next (the lead life cycle), so a
+        reservation ends by disbursal (or lapses)."""
+        disbursed = lead.status == lead_pb2.LEAD_STATUS_DISBURSED
+        current = await store.grant_of_lead(conn, lead.lead_id, lock=True)
+        if current is None:
+            current = await self._grant(conn, lead, demand, now)
             if current is None:
-                current = await self._grant(conn, event, now)
-                if current is None:
-                    return
-            if status == lead_pb2.LEAD_STATUS_DISBURSED and current.status == s.GrantStatus.RESERVED:
-                f = await self._fund_locked(conn, current.fund_id)
-                await self._save(conn, *s.disbursed(current, f, lead.disbursement.amount_fen, now=now), now)
-            elif status == lead_pb2.LEAD_STATUS_DISBURSED and current.status == s.GrantStatus.RELEASED \
-                    and current.reason.endswith(s.LAPSED):
-                logger.warning("loan disbursed after its subsidy reservation lapsed: no subsidy", lead_id=lead.lead_id)
-                self.metrics.subsidy_grants.labels("disbursed_after_lapse").inc()
+                return
+        if disbursed and current.status == s.GrantStatus.RESERVED:
+            f = await self._fund_locked(conn, current.fund_id)
+            await self._save(conn, *s.disbursed(current, f, lead.disbursement.amount_fen, now=now), now)
+        elif disbursed and current.status == s.GrantStatus.RELEASED and current.reason.endswith(s.LAPSED):
+            logger.warning("loan disbursed after its subsidy reservation lapsed: no subsidy", lead_id=lead.lead_id)
+            self.metrics.subsidy_grants.labels("disbursed_after_lapse").inc()
 
-    async def _grant(self, conn: asyncpg.Connection, event: lead_events.LeadStatusChanged, now: datetime
+    async def _grant(self, conn: asyncpg.Connection, lead: lead_pb2.Lead, demand: Demand, now: datetime
                      ) -> s.Grant | None:
-        lead = event.lead
         offer = lead.offer
-        demand = await demand_store.load_demand(conn, lead.demand_id)
-        if demand is None or not offer.amount_fen or not offer.term_months:
+        if not offer.amount_fen or not offer.term_months:
             return None
         e = demand.enterprise  # as it was when it asked: a first loan stays one once disbursed
         loan = s.Loan(lead_id=lead.lead_id, demand_id=lead.demand_id, enterprise_uscc=e.uscc,

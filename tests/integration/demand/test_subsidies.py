@@ -204,7 +204,7 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
 
     day_before = datetime.combine(matures - timedelta(days=31), datetime.min.time(), UTC)
     on_the_day = day_before + timedelta(days=1)
-    replicas = [Loans(demand_rt.pool, schema=SCHEMA, clock=lambda at=at: at) for at in (day_before, on_the_day)]
+    replicas = [loans_at(demand_rt, at) for at in (day_before, on_the_day)]
     assert await replicas[0].warn_due() == 0  # 31 days before: not yet
     assert await replicas[1].warn_due() >= 1
     assert await replicas[1].warn_due() == 0  # once
@@ -224,8 +224,13 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
         metadata=key(bank_key))
     await eventually(lambda: demand_rt.pool.fetchrow("SELECT 1 FROM loans WHERE lead_id = $1", late), bool)
     now = datetime.now(UTC)
-    await drain(Loans(demand_rt.pool, schema=SCHEMA, clock=lambda: now).warn_due)
+    await drain(loans_at(demand_rt, now).warn_due)
     assert await demand_rt.pool.fetchval("SELECT warned_at FROM loans WHERE lead_id = $1", late) is not None
     assert await read_topic(bootstrap, topics.LOAN_RENEWALS_DUE.name, lambda found: False,
                             lambda r: LoanRenewalDue.FromString(r.value).lead_id == late, timeout=3) == []
 
+
+def loans_at(rt: Runtime, at: datetime) -> Loans:
+    """The loan book of the service under test, with its clock at ``at``."""
+    subsidies = Subsidies(rt.pool, rt.metrics, schema=SCHEMA, clock=lambda: at)
+    return Loans(rt.pool, subsidies, schema=SCHEMA, clock=lambda: at)
