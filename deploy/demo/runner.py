@@ -59,8 +59,8 @@ from meshkit.kafka import ensure_topics, make_producer
 T = TypeVar("T")
 
 DEFAULT_RATE = 5.0
-DEFAULT_ADDRESSES = {"demand": "127.0.0.1:50051", "matcher": "127.0.0.1:50052", "notifier": "127.0.0.1:50053",
-                     "roadshow": "127.0.0.1:50054"}
+DEFAULT_ADDRESSES = {"demand": "127.0.0.1:7051", "matcher": "127.0.0.1:7052", "notifier": "127.0.0.1:7053",
+                     "roadshow": "127.0.0.1:7054"}  # `make run`'s (deploy.embedded.supervisor.Ports)
 LOAD_CONCURRENCY = 64
 SUBMIT_CONCURRENCY = 64
 RECENT_LEADS = 15

@@ -54,7 +54,10 @@ class Ports:
 
     kafka: int = 9092
     kafka_controller: int = 9093
-    grpc_base: int = 50051
+    # Below Linux's ephemeral range (32768-60999): on one machine the mesh's own connections to
+    # Kafka and PostgreSQL take local ports from that range, and one had taken gRPC's usual 50052
+    # or 50054 just before a service bound it (`make run` failed at once, or waited 76 s for it).
+    grpc_base: int = 7051
     metrics_base: int = 9101
 
     @classmethod
