@@ -323,6 +323,30 @@ async def warm_lead_topics(bootstrap: str, broker_pid: int | None, banks: list[s
     return time.monotonic() - began
 
 
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) used so far by a process and its living descendants, in seconds."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def burst_cpu(broker_pid: int | None, postgres_pid: int | None, matcher: Matcher) -> list[float]:
+    """CPU seconds so far of the matcher, its relay, the broker, PostgreSQL and this process (the load)."""
+    own = os.times()
+    return [*matcher.cpu_seconds(), tree_cpu_seconds(broker_pid), tree_cpu_seconds(postgres_pid),
+            own.user + own.system]
+
+
 async def idle_broker(pid: int, console: Console, below: float = 0.15, quiet_s: float = 3.0,
                       timeout: float = 300) -> None:
     """Wait until the broker's process (``pid``) has used less than ``below`` of a core for ``quiet_s``."""
@@ -697,8 +721,11 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
                                                       demand_of_match, 600, started, seen))
                 await until_started(started, watcher)
                 sent: dict[str, float] = {}
+                cpu_before = burst_cpu(broker.pid, postgres.pid, matcher)
                 await publish(producer, burst, None, sent)
                 await watcher
+                cpu = [(b - a) / len(burst) * 1000
+                       for a, b in zip(cpu_before, burst_cpu(broker.pid, postgres.pid, matcher), strict=True)]
                 times = sorted(seen.values())
                 matched_rate = (len(times) - 1) / max(1e-6, times[-1] - times[0]) if len(times) > 1 else 0.0
                 figures["matched demands"] = len(seen)
@@ -711,6 +738,9 @@ async def measure(console: Console, args: argparse.Namespace) -> None:
                 figures["matcher committed /s (PostgreSQL)"] = round(committed, 1)
                 figures["matcher published /s (DemandMatched on topic)"] = round(matched_rate, 1)
                 figures["matcher burst wall s"] = round(times[-1] - min(sent.values()), 2) if times else 0
+                figures["burst CPU per demand ms: matcher / relay / broker / PostgreSQL / load"] = " / ".join(
+                    f"{c:.3f}" for c in cpu)
+                figures["burst CPU per demand ms: all"] = round(sum(cpu), 3)
                 console.print(f"  matcher {matched_rate:,.0f}/s; now the do-nothing Faust agent")
                 on_topic = args.warmup + args.demands  # the baselines drain the topic from its start
                 faust_rate = await forwarded_rate(bootstrap, [sys.executable, "-m", "bench.matcher", "faust-forward",
