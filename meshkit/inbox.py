@@ -16,10 +16,10 @@ import asyncpg
 
 from meshkit.topics import REGISTRY
 
-# Keep entries a day longer than any consumed topic keeps its records (dead-letter topics are
-# read by people, not through an inbox).
-KEEP = timedelta(milliseconds=max(t.retention_ms for t in REGISTRY if t.message and t.retention_ms > 0)) \
-    + timedelta(days=1)
+# Keep entries a day longer than any topic keeps its records, dead-letter topics included: a record
+# replayed from one (``python -m meshkit.deadletters replay``) must still be known to every consumer
+# that handled it before it was dead-lettered for another.
+KEEP = timedelta(milliseconds=max(t.retention_ms for t in REGISTRY if t.retention_ms > 0)) + timedelta(days=1)
 
 
 async def claim(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
