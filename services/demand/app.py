@@ -62,7 +62,8 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.grpc.add(rpb_grpc.add_ReceivableServiceServicer_to_server, ReceivableApi(receivables, institutions),
                 rpb.DESCRIPTOR.services_by_name["ReceivableService"])
     subsidies = Subsidies(rt.pool, rt.metrics, schema=SCHEMA, clock=clock)
-    rt.grpc.add(spb_grpc.add_SubsidyServiceServicer_to_server, SubsidyApi(subsidies, institutions),
+    loans = Loans(rt.pool, subsidies, schema=SCHEMA, clock=clock)
+    rt.grpc.add(spb_grpc.add_SubsidyServiceServicer_to_server, SubsidyApi(subsidies, loans, institutions),
                 spb.DESCRIPTOR.services_by_name["SubsidyService"])
     rt.consume(topics.PORTAL_DEMANDS, consumers.portal_intake(demands),
                batch_handler=consumers.portal_intake_batch(demands), max_records=PORTAL_BATCH)
@@ -70,7 +71,6 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.consume(topics.LEAD_OUTCOMES, consumers.lead_outcome_reported(demands))
     rt.consume(topics.LEAD_SLA_BREACHED, consumers.lead_sla_breached(demands))
     # Interest subsidies and the loan book follow the leads' outcomes, from this service's own events.
-    loans = Loans(rt.pool, subsidies, schema=SCHEMA, clock=clock)
     rt.consume(topics.LEAD_STATUS_CHANGED, consumers.lead_status_changed(loans), group=f"{rt.service}.loans")
     policies = rt.consume(topics.CONTACT_POLICIES_CHANGED, consumers.contact_policy_changed(demands))
     # An intent's lead is dated by its institution's policy: the ones announced before start come first.

@@ -5,7 +5,8 @@ their maturity 30 days before, so that the enterprise and its lender can arrange
 
 from __future__ import annotations
 
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -14,11 +15,13 @@ from finmesh.lead.v1 import lead_pb2
 from finmesh.loan.v1 import events_pb2 as loan_events
 from meshkit import ids, inbox, outbox, topics
 from meshkit.clock import Clock
+from meshkit.errors import NotFound, PermissionDenied, require
 from meshkit.lifecycle import drain, every
 from meshkit.pbtime import set_ts
 from services.demand import store as demand_store
 from services.demand.loans import domain as ln
 from services.demand.loans import store
+from services.demand.subsidies import domain as sd
 from services.demand.subsidies.service import Subsidies
 
 CONSUMER = "loan-outcomes"
@@ -32,6 +35,17 @@ def renewal_due(loan: ln.Loan, days_to_maturity: int) -> loan_events.LoanRenewal
         first_loan=loan.first_loan)
     set_ts(out.disbursed_at, loan.disbursed_at)
     return out
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a lender's report of a loan repaid did: the loan's grant (None: it had none), when the
+    loan book first recorded it repaid (None: no disbursed loan of that lead is in the book), and
+    whether this report changed anything."""
+
+    grant: sd.Grant | None
+    loan_settled_at: datetime | None
+    changed: bool
 
 
 class Loans:
@@ -64,6 +78,23 @@ class Loans:
                 institution_id=lead.institution_id, amount_fen=disbursed.amount_fen, rate_bps=lead.offer.rate_bps,
                 term_months=lead.offer.term_months, disbursed_at=at,
                 first_loan=demand.request.first_loan or not demand.enterprise.has_borrowed))
+
+    async def settled(self, institution_id: str, lead_id: str) -> Settlement:
+        """The lender reports the loan of ``lead_id`` repaid, at maturity or early: in one transaction
+        the loan leaves the renewal watch and its grant, if any, releases its quota."""
+        require("lead_id", lead_id)
+        now = self.clock()
+        async with self.pool.acquire() as conn, conn.transaction():
+            loan = await store.lender_locked(conn, lead_id)
+            if loan is not None and loan[0] != institution_id:
+                raise PermissionDenied(f"lead {lead_id} is not a lead of {institution_id}")
+            grant, released = await self.subsidies.settle(conn, institution_id, lead_id, now)
+            if loan is None and grant is None:
+                raise NotFound(f"lead {lead_id!r} has no disbursed loan in the book and no subsidy")
+            if loan is not None and loan[1] is None:
+                await store.mark_settled(conn, lead_id, now)
+                return Settlement(grant, now, changed=True)
+        return Settlement(grant, loan[1] if loan else None, changed=released)
 
     async def warn_due(self, *, limit: int = 200) -> int:
         """One batch of renewal warnings due today; returns how many were sent. Safe with several

@@ -28,9 +28,20 @@ async def record(conn: asyncpg.Connection, loan: ln.Loan) -> bool:
 
 async def due_for_warning(conn: asyncpg.Connection, today: date, limit: int) -> list[ln.Loan]:
     """Loans whose renewal warning is due and not sent, locked (rows another replica holds are skipped)."""
-    rows = await conn.fetch("SELECT * FROM loans WHERE warned_at IS NULL AND warn_on <= $1 ORDER BY warn_on, lead_id"
-                            " LIMIT $2 FOR UPDATE SKIP LOCKED", today, limit)
+    rows = await conn.fetch("SELECT * FROM loans WHERE warned_at IS NULL AND settled_at IS NULL AND warn_on <= $1"
+                            " ORDER BY warn_on, lead_id LIMIT $2 FOR UPDATE SKIP LOCKED", today, limit)
     return [_loan(row) for row in rows]
+
+
+async def lender_locked(conn: asyncpg.Connection, lead_id: str) -> tuple[str, datetime | None] | None:
+    """The lender of the loan of ``lead_id`` and when it was recorded repaid, its row locked (None:
+    no such loan in the book)."""
+    row = await conn.fetchrow("SELECT institution_id, settled_at FROM loans WHERE lead_id = $1 FOR UPDATE", lead_id)
+    return None if row is None else (row["institution_id"], row["settled_at"])
+
+
+async def mark_settled(conn: asyncpg.Connection, lead_id: str, at: datetime) -> None:
+    await conn.execute("UPDATE loans SET settled_at = $2 WHERE lead_id = $1 AND settled_at IS NULL", lead_id, at)
 
 
 async def warned(conn: asyncpg.Connection, lead_ids: list[str], at: datetime) -> None:

@@ -1,5 +1,5 @@
 """gRPC: SubsidyService (translate and delegate). A lender reports a loan settled with its API key
-(``x-api-key``)."""
+(``x-api-key``): the loan book and the loan's grant take it (:meth:`Loans.settled`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from finmesh.subsidy.v1 import subsidy_pb2 as spb
 from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
 from meshkit import apikeys
 from meshkit.paging import Page
+from meshkit.pbtime import set_ts
+from services.demand.loans.service import Loans
 from services.demand.service import Institutions
 from services.demand.subsidies import mapping
 from services.demand.subsidies.service import Subsidies
 
 
 class SubsidyApi(spb_grpc.SubsidyServiceServicer):
-    def __init__(self, subsidies: Subsidies, institutions: Institutions) -> None:
+    def __init__(self, subsidies: Subsidies, loans: Loans, institutions: Institutions) -> None:
         self.subsidies = subsidies
+        self.loans = loans
         self.institutions = institutions
 
     async def CreateFund(self, request: spb.CreateFundRequest, context: grpc.aio.ServicerContext
@@ -45,5 +48,10 @@ class SubsidyApi(spb_grpc.SubsidyServiceServicer):
     async def ReportLoanSettled(self, request: spb.ReportLoanSettledRequest, context: grpc.aio.ServicerContext
                                 ) -> spb.ReportLoanSettledResponse:
         institution_id = await self.institutions.authenticate(apikeys.from_context(context))
-        g, changed = await self.subsidies.settled(institution_id, request.lead_id.strip())
-        return spb.ReportLoanSettledResponse(grant=mapping.grant_to_pb(g), changed=changed)
+        done = await self.loans.settled(institution_id, request.lead_id.strip())
+        out = spb.ReportLoanSettledResponse(changed=done.changed)
+        if done.grant is not None:
+            out.grant.CopyFrom(mapping.grant_to_pb(done.grant))
+        if done.loan_settled_at is not None:
+            set_ts(out.loan_settled_at, done.loan_settled_at)
+        return out

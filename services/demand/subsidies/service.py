@@ -133,19 +133,19 @@ class Subsidies:
     async def run_lapses(self, interval_seconds: float) -> None:
         await every(interval_seconds, lambda: drain(self.lapse_due), "subsidy reservation lapses")
 
-    async def settled(self, institution_id: str, lead_id: str) -> tuple[s.Grant, bool]:
-        """The lender reports the loan of ``lead_id`` repaid: its grant's quota is released for reuse."""
-        require("lead_id", lead_id)
-        now = self.clock()
-        async with self.pool.acquire() as conn, conn.transaction():
-            g = await store.grant_of_lead(conn, lead_id, lock=True)
-            if g is None:
-                raise NotFound(f"no subsidy was granted for lead {lead_id!r}")
-            if g.loan.institution_id != institution_id:
-                raise PermissionDenied(f"lead {lead_id} is not a lead of {institution_id}")
-            if g.status == s.GrantStatus.RELEASED:
-                return g, False
-            f = await self._fund_locked(conn, g.fund_id)
-            released, f = s.settled(g, f, now=now)
-            await self._save(conn, released, f, now)
+    async def settle(self, conn: asyncpg.Connection, institution_id: str, lead_id: str,
+                     now: datetime) -> tuple[s.Grant | None, bool]:
+        """The lender reports the loan of ``lead_id`` repaid (in the caller's transaction): its
+        grant's quota is released for reuse. Returns the grant (None: the loan had none) and whether
+        this report released it."""
+        g = await store.grant_of_lead(conn, lead_id, lock=True)
+        if g is None:
+            return None, False
+        if g.loan.institution_id != institution_id:
+            raise PermissionDenied(f"lead {lead_id} is not a lead of {institution_id}")
+        if g.status == s.GrantStatus.RELEASED:
+            return g, False
+        f = await self._fund_locked(conn, g.fund_id)
+        released, f = s.settled(g, f, now=now)
+        await self._save(conn, released, f, now)
         return released, True

@@ -60,6 +60,12 @@ async def approve(stubs: Stubs, lead_id: str, api_key: str, amount_fen: int, ter
                                             metadata=key(api_key))
 
 
+async def disburse(stubs: Stubs, lead_id: str, api_key: str, amount_fen: int, at: Timestamp) -> None:
+    await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=lead_id, outcome=ld.LeadOutcome(
+        status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(amount_fen=amount_fen, disbursed_at=at))),
+        metadata=key(api_key))
+
+
 async def grant_of(subsidies: spb_grpc.SubsidyServiceStub, fund_id: str, lead_id: str, status: int) -> spb.Grant | None:
     async def find() -> spb.Grant | None:
         found = await subsidies.ListGrants(spb.ListGrantsRequest(fund_id=fund_id, page_size=500))
@@ -160,17 +166,19 @@ async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
 
 
 async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_before_it_matures(
-    stubs: Stubs, demand_rt: Runtime, producer, bootstrap: str  # noqa: ANN001
+    stubs: Stubs, demand_rt: Runtime, subsidies: spb_grpc.SubsidyServiceStub, producer, bootstrap: str  # noqa: ANN001
 ) -> None:
     bank, bank_key = await register_bank(stubs, "renewbank")
     demand, (lead,) = await demand_with_leads(stubs, producer, [bank])
     await approve(stubs, lead, bank_key, 200 * WAN, 12)
     disbursed_at = Timestamp(seconds=int(time.time()) - 3600)
-    await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=lead, outcome=ld.LeadOutcome(
-        status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(amount_fen=180 * WAN,
-                                                                    disbursed_at=disbursed_at))),
-        metadata=key(bank_key))
+    await disburse(stubs, lead, bank_key, 180 * WAN, disbursed_at)
     kept = await eventually(lambda: demand_rt.pool.fetchrow("SELECT * FROM loans WHERE lead_id = $1", lead), bool)
+    # Another loan of the same day, repaid early: only its lender may report it, once; it is never warned of.
+    _, (early,) = await demand_with_leads(stubs, producer, [bank])
+    await approve(stubs, early, bank_key, 100 * WAN, 12)
+    await disburse(stubs, early, bank_key, 100 * WAN, disbursed_at)
+    await eventually(lambda: demand_rt.pool.fetchrow("SELECT 1 FROM loans WHERE lead_id = $1", early), bool)
 
     # The lender, holding a lead for the enterprise, may evaluate it (its record counts the loan); others may not.
     uscc = demand.request.enterprise_uscc
@@ -184,6 +192,16 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
         err = await rpc_error(stubs.enterprises.EvaluateEnterprise(ent.EvaluateEnterpriseRequest(uscc=uscc),
                                                                    metadata=metadata))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    err = await rpc_error(subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=early),
+                                                      metadata=key(stranger_key)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    repaid = await subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=early), metadata=key(bank_key))
+    assert repaid.changed and repaid.HasField("loan_settled_at")
+    again = await subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=early), metadata=key(bank_key))
+    assert not again.changed and again.loan_settled_at == repaid.loan_settled_at
+    err = await rpc_error(subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=f"no-{uuid.uuid4().hex}"),
+                                                      metadata=key(bank_key)))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
     # A bank that declined its lead for an enterprise (for its credit history) no longer sees it; its record shows it.
     declining, declining_key = await register_bank(stubs, "decliner")
     declined_demand, (declined,) = await demand_with_leads(stubs, producer, [declining])
@@ -214,14 +232,14 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
     assert (due.enterprise_uscc, due.institution_id, due.amount_fen, due.rate_bps, due.term_months) == (
         demand.request.enterprise_uscc, bank, 180 * WAN, 385, 12)
     assert (due.matures_on, due.days_to_maturity, due.first_loan) == (matures.isoformat(), 30, True)
+    assert await demand_rt.pool.fetchval("SELECT warned_at FROM loans WHERE lead_id = $1", early) is None
+    assert await read_topic(bootstrap, topics.LOAN_RENEWALS_DUE.name, lambda found: False,
+                            lambda r: LoanRenewalDue.FromString(r.value).lead_id == early, timeout=2) == []
 
     # A loan reported disbursed after it matured (13 months ago, for 12): no warning is sent for it.
     _, (late,) = await demand_with_leads(stubs, producer, [bank])
     await approve(stubs, late, bank_key, 100 * WAN, 12)
-    await stubs.leads.ReportLeadOutcome(ld.ReportLeadOutcomeRequest(lead_id=late, outcome=ld.LeadOutcome(
-        status=ld.LEAD_STATUS_DISBURSED, disbursement=ld.Disbursement(
-            amount_fen=100 * WAN, disbursed_at=Timestamp(seconds=int(time.time()) - 395 * 86400)))),
-        metadata=key(bank_key))
+    await disburse(stubs, late, bank_key, 100 * WAN, Timestamp(seconds=int(time.time()) - 395 * 86400))
     await eventually(lambda: demand_rt.pool.fetchrow("SELECT 1 FROM loans WHERE lead_id = $1", late), bool)
     now = datetime.now(UTC)
     await drain(loans_at(demand_rt, now).warn_due)
