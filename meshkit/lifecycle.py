@@ -29,6 +29,7 @@ from meshkit.grpcserver import GrpcServer
 from meshkit.kafka import EventConsumer, Handler, make_producer
 from meshkit.metrics import Metrics
 from meshkit.metrics import serve as serve_metrics
+from meshkit.operators import Operators
 from meshkit.outbox import OutboxRelay, RelayProcess
 from meshkit.settings import ServiceSettings
 from meshkit.topics import TopicSpec
@@ -67,6 +68,7 @@ class Runtime:
         self.migrations = migrations
         self.metrics = metrics or Metrics()
         self.service = settings.service_name
+        self.operators = Operators(settings.operator_keys)
         self.grpc = GrpcServer(service=self.service, host=settings.grpc_host, port=settings.grpc_port,
                                metrics=self.metrics)
         self.pool: asyncpg.Pool = None  # type: ignore[assignment]

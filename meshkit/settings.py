@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,18 @@ class ServiceSettings(BaseSettings):
         "process beside it (its broker and database work then uses another core).")
     outbox_relay_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the relay process's /metrics (0 = any free port, logged).")
+    operator_keys: str = Field(
+        default="", description="The platform's operators (who register institutions, create subsidy funds and "
+        "roadshows, file window demands, override selections): comma-separated operator_id=<SHA-256 of the key, in "
+        "hex>; `python -m meshkit.operators new ID` makes one. Empty: operator calls are refused.")
+
+    @field_validator("operator_keys")
+    @classmethod
+    def _operator_keys_parse(cls, value: str) -> str:
+        from meshkit.operators import parse
+
+        parse(value)  # a malformed entry fails at start, naming it
+        return value
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -1,6 +1,7 @@
 """Institutions' API keys in tests: the ``InstitutionChanged`` the demand service publishes for an
 institution (with the digest of a new key), and gRPC calls made with that key, retried while the
-called service has not had the event yet (it answers UNAVAILABLE until then)."""
+called service has not had the event yet (it answers UNAVAILABLE until then). And the platform's
+operator, whose key the services under test know (:data:`OPERATOR_KEYS`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from google.protobuf.message import Message
 
 from finmesh.institution.v1 import events_pb2 as inst_events
 from finmesh.institution.v1 import institution_pb2 as inst_pb
-from meshkit import apikeys, topics
+from meshkit import apikeys, operators, topics
 from tests.integration.matcher.matcher_support import publish
 
 Metadata = tuple[tuple[str, str], ...]
@@ -90,3 +91,24 @@ class InstitutionAuth(grpc.aio.UnaryUnaryClientInterceptor):
         async def attempt() -> Any:
             return await (await continuation(details, request))
         return await until_known(attempt)
+
+
+# -- the platform's operator ------------------------------------------------------------------------------
+
+OPERATOR_ID = "test-operator"
+OPERATOR_KEY = operators.new()
+OPERATOR_KEYS = operators.entry(OPERATOR_ID, OPERATOR_KEY)  # the services' OPERATOR_KEYS in the tests
+
+
+class OperatorAuth(grpc.aio.UnaryUnaryClientInterceptor):
+    """A channel interceptor playing the platform's operator: every call carries its key
+    (``x-operator-key``; calls that are not operators' ignore it)."""
+
+    def __init__(self, key: str = OPERATOR_KEY) -> None:
+        self.key = key
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        metadata = (*(client_call_details.metadata or ()), (operators.HEADER, self.key))
+        details = grpc.aio.ClientCallDetails(client_call_details.method, client_call_details.timeout, metadata,
+                                             client_call_details.credentials, client_call_details.wait_for_ready)
+        return await continuation(details, request)

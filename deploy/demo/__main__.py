@@ -27,10 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys-file", type=Path, default=runner.DEFAULT_KEYS_FILE,
                         help="where the demo institutions' API keys are kept between runs "
                              f"(default {runner.DEFAULT_KEYS_FILE})")
+    parser.add_argument("--operator-key", default=os.environ.get("OPERATOR_KEY", ""),
+                        help="an operator's key (default $OPERATOR_KEY; make run's is in its data folder's "
+                             "operator.key): registering institutions and creating the fund need one")
     args = parser.parse_args(argv)
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
-    target = runner.Target(args.demand_addr, args.matcher_addr, args.bootstrap, Console(), keys_file=args.keys_file)
+    target = runner.Target(args.demand_addr, args.matcher_addr, args.bootstrap, Console(), keys_file=args.keys_file,
+                           operator_key=args.operator_key)
     try:
         asyncio.run(runner.run(target, rate=args.rate, seed=args.seed, duration=args.duration))
     except KeyboardInterrupt:

@@ -53,7 +53,7 @@ from finmesh.roadshow.v1 import roadshow_pb2 as rs
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as rs_grpc
 from finmesh.subsidy.v1 import subsidy_pb2 as sub
 from finmesh.subsidy.v1 import subsidy_pb2_grpc as sub_grpc
-from meshkit import apikeys, codec, ids, topics
+from meshkit import apikeys, codec, ids, operators, topics
 from meshkit.kafka import ensure_topics, make_producer
 
 T = TypeVar("T")
@@ -109,6 +109,12 @@ class Target:
     console: Console = field(default_factory=Console)
     roadshow_addr: str = DEFAULT_ADDRESSES["roadshow"]
     keys_file: Path = DEFAULT_KEYS_FILE  # the demo institutions' API keys, kept for the next run
+    operator_key: str = ""  # an operator's key: registering institutions and creating the fund are operators' calls
+
+    @property
+    def as_operator(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of an operator's call."""
+        return ((operators.HEADER, self.operator_key),) if self.operator_key else ()
 
     @classmethod
     def of(cls, mesh: Any) -> Target:
@@ -120,7 +126,8 @@ class Target:
         console = getattr(mesh, "console", None) or Console()
         if hasattr(mesh, "services") and hasattr(mesh, "grpc_address"):
             return cls(mesh.grpc_address("demand"), mesh.grpc_address("matcher"), mesh.kafka_bootstrap_servers,
-                       console, mesh.grpc_address("roadshow"), Path(mesh.data_dir) / DEFAULT_KEYS_FILE.name)
+                       console, mesh.grpc_address("roadshow"), Path(mesh.data_dir) / DEFAULT_KEYS_FILE.name,
+                       getattr(mesh, "operator_key", ""))
         bootstrap = getattr(mesh, "bootstrap_servers", None) or mesh.kafka_bootstrap_servers
         return cls(getattr(mesh, "demand_addr", cls.demand_addr), getattr(mesh, "matcher_addr", cls.matcher_addr),
                    bootstrap, console)
@@ -354,7 +361,7 @@ async def load(target: Target, data: ds.Dataset, producer: AIOKafkaProducer) -> 
 
         async def institution(i: ins.Institution) -> bool:
             reply = await institutions.RegisterInstitution(ins.RegisterInstitutionRequest(institution=i),
-                                                           timeout=CALL_TIMEOUT)
+                                                           timeout=CALL_TIMEOUT, metadata=target.as_operator)
             if reply.api_key:  # shown once: when it registered
                 keys[i.institution_id] = reply.api_key
             return reply.created
@@ -382,7 +389,8 @@ async def load(target: Target, data: ds.Dataset, producer: AIOKafkaProducer) -> 
 
         async def fund(f: sub.Fund) -> bool:
             return (await sub_grpc.SubsidyServiceStub(demand).CreateFund(sub.CreateFundRequest(fund=f),
-                                                                        timeout=CALL_TIMEOUT)).created
+                                                                        timeout=CALL_TIMEOUT,
+                                                                        metadata=target.as_operator)).created
         out["subsidy funds"] = await _each([DEMO_FUND], fund, 1)
     out["products (Kafka)"] = await publish_products(
         producer, [p for p in data.products if p.institution_id in data.kafka_publishers])

@@ -37,6 +37,7 @@ from rich.table import Table
 from deploy.embedded import ProcessGroup, rotate_log
 from deploy.embedded.kafka import KafkaBroker
 from deploy.embedded.postgres import EmbeddedPostgres
+from meshkit import operators
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".stack"
@@ -107,6 +108,23 @@ class ServiceEndpoint:
     log_path: Path
 
 
+MESH_OPERATOR = "mesh-operator"
+
+
+def operator_key(data_dir: Path) -> str:
+    """The mesh's own operator key, kept in ``data_dir/operator.key`` (readable by its owner only),
+    made on the first start."""
+    path = data_dir / "operator.key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = operators.new()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
 @dataclass
 class MeshInfo:
     """What a running mesh offers; handed to ``deploy.demo.run(mesh_info)``."""
@@ -116,6 +134,7 @@ class MeshInfo:
     database_url: str
     data_dir: Path
     console: Console = field(default_factory=Console, repr=False)
+    operator_key: str = field(default="", repr=False)  # the mesh's own operator (the demo's calls), ``x-operator-key``
 
     def grpc_address(self, service: str) -> str:
         """``host:port`` of a service's gRPC server."""
@@ -219,6 +238,7 @@ class Mesh:
             else KafkaBroker(self.data_dir / "kafka", self.ports.kafka, self.ports.kafka_controller)
         )
         self._database_url = database_url
+        self.operator_key = operator_key(self.data_dir)
         self._bootstrap = kafka_bootstrap_servers or self.kafka.bootstrap_servers  # type: ignore[union-attr]
         self.services: dict[str, ServiceProcess] = {}
         self._restarts: dict[str, _Restarts] = {}
@@ -375,6 +395,7 @@ class Mesh:
             database_url=self._database_url or "",
             data_dir=self.data_dir,
             console=self.console,
+            operator_key=self.operator_key,
         )
 
     def component(self, name: str) -> _Component:
@@ -478,9 +499,12 @@ class Mesh:
 
     # -- helpers --------------------------------------------------------------------------
     def _service_env(self, spec: ServiceSpec) -> dict[str, str]:
+        env = {**os.environ, **self.extra_env}
+        # Operators the environment names, and the mesh's own (its key is in the data folder).
+        keys = [k for k in (env.get("OPERATOR_KEYS", ""), operators.entry(MESH_OPERATOR, self.operator_key)) if k]
         return {
-            **os.environ,
-            **self.extra_env,
+            **env,
+            "OPERATOR_KEYS": ",".join(keys),
             "PYTHONUNBUFFERED": "1",
             "KAFKA_BOOTSTRAP_SERVERS": self._bootstrap,
             "DATABASE_URL": self._database_url or "",

@@ -13,6 +13,7 @@ from finmesh.institution.v1 import institution_pb2_grpc as ipb_grpc
 from finmesh.lead.v1 import lead_pb2 as lpb
 from finmesh.lead.v1 import lead_pb2_grpc as lpb_grpc
 from meshkit import apikeys
+from meshkit.operators import Operators
 from meshkit.paging import Page
 from services.demand import domain as d
 from services.demand import mapping, store
@@ -62,13 +63,18 @@ class EnterpriseApi(epb_grpc.EnterpriseServiceServicer):
 
 
 class InstitutionApi(ipb_grpc.InstitutionServiceServicer):
-    def __init__(self, institutions: Institutions) -> None:
+    """An operator registers an institution (``x-operator-key``); the institution changes its own
+    details and rotates its key with its API key (``x-api-key``)."""
+
+    def __init__(self, institutions: Institutions, operators: Operators) -> None:
         self.institutions = institutions
+        self.operators = operators
 
     async def RegisterInstitution(self, request: ipb.RegisterInstitutionRequest, context: grpc.aio.ServicerContext
                                   ) -> ipb.RegisterInstitutionResponse:
         i, created, key = await self.institutions.register(mapping.institution_from_pb(request.institution),
-                                                           apikeys.from_context(context))
+                                                           apikeys.from_context(context),
+                                                           operator=self.operators.optional(context))
         return ipb.RegisterInstitutionResponse(institution=mapping.institution_to_pb(i), created=created, api_key=key)
 
     async def RotateApiKey(self, request: ipb.RotateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -93,8 +99,11 @@ class InstitutionApi(ipb_grpc.InstitutionServiceServicer):
 
 
 class DemandApi(dpb_grpc.DemandServiceServicer):
-    def __init__(self, demands: Demands) -> None:
+    """Portals submit demands; a window's operator files one with its key (``x-operator-key``)."""
+
+    def __init__(self, demands: Demands, operators: Operators) -> None:
         self.demands = demands
+        self.operators = operators
 
     async def SubmitDemand(self, request: dpb.SubmitDemandRequest, context: grpc.aio.ServicerContext
                            ) -> dpb.SubmitDemandResponse:
@@ -105,11 +114,12 @@ class DemandApi(dpb_grpc.DemandServiceServicer):
 
     async def FileWindowDemand(self, request: dpb.FileWindowDemandRequest, context: grpc.aio.ServicerContext
                                ) -> dpb.FileWindowDemandResponse:
+        operator_id = self.operators.authenticate(context, request.operator_id.strip())
         intake = Intake(
             channel=d.Channel.OFFLINE_WINDOW, key=f"{request.window_id}:{request.filing_id}",
-            actor=f"window:{request.window_id}/operator:{request.operator_id}",
+            actor=f"window:{request.window_id}/operator:{operator_id}",
             key_fields=(("window_id", request.window_id), ("filing_id", request.filing_id)),
-            operator_id=request.operator_id,
+            operator_id=operator_id,
         )
         demand, created = await self.demands.submit(intake, mapping.request_from_pb(request.demand))
         return dpb.FileWindowDemandResponse(demand=mapping.demand_to_pb(demand), created=created)

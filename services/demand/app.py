@@ -52,9 +52,9 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
     rt.grpc.add(epb_grpc.add_EnterpriseServiceServicer_to_server,
                 EnterpriseApi(Enterprises(rt.pool, ref, schema=SCHEMA, clock=clock), institutions),
                 epb.DESCRIPTOR.services_by_name["EnterpriseService"])
-    rt.grpc.add(ipb_grpc.add_InstitutionServiceServicer_to_server, InstitutionApi(institutions),
+    rt.grpc.add(ipb_grpc.add_InstitutionServiceServicer_to_server, InstitutionApi(institutions, rt.operators),
                 ipb.DESCRIPTOR.services_by_name["InstitutionService"])
-    rt.grpc.add(dpb_grpc.add_DemandServiceServicer_to_server, DemandApi(demands),
+    rt.grpc.add(dpb_grpc.add_DemandServiceServicer_to_server, DemandApi(demands, rt.operators),
                 dpb.DESCRIPTOR.services_by_name["DemandService"])
     rt.grpc.add(lpb_grpc.add_LeadServiceServicer_to_server, LeadApi(demands, institutions),
                 lpb.DESCRIPTOR.services_by_name["LeadService"])
@@ -63,7 +63,7 @@ async def build(rt: Runtime, *, clock: Clock = codec.now) -> None:
                 rpb.DESCRIPTOR.services_by_name["ReceivableService"])
     subsidies = Subsidies(rt.pool, rt.metrics, schema=SCHEMA, clock=clock)
     loans = Loans(rt.pool, subsidies, schema=SCHEMA, clock=clock)
-    rt.grpc.add(spb_grpc.add_SubsidyServiceServicer_to_server, SubsidyApi(subsidies, loans, institutions),
+    rt.grpc.add(spb_grpc.add_SubsidyServiceServicer_to_server, SubsidyApi(subsidies, loans, institutions, rt.operators),
                 spb.DESCRIPTOR.services_by_name["SubsidyService"])
     rt.consume(topics.PORTAL_DEMANDS, consumers.portal_intake(demands),
                batch_handler=consumers.portal_intake_batch(demands), max_records=PORTAL_BATCH)

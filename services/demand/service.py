@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 
 from finmesh.demand.v1 import events_pb2 as events
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import apikeys, codec, ids, inbox, institutions, log, outbox, topics
+from meshkit import apikeys, codec, ids, inbox, institutions, log, operators, outbox, topics
 from meshkit.clock import Clock
 from meshkit.contact_sla import contact_sla
 from meshkit.errors import (
@@ -196,13 +196,18 @@ class Institutions:
                  ids.event_id("institution-changed", i.institution_id, str(i.version)))
         await outbox.append_many(conn, [event], schema=self.schema, occurred_at=now)
 
-    async def register(self, i: d.Institution, api_key: str = "") -> tuple[d.Institution, bool, str]:
+    async def register(self, i: d.Institution, api_key: str = "", *, operator: str | None = None
+                       ) -> tuple[d.Institution, bool, str]:
         """Register ``i`` and create its lead topic before answering; returns the institution, whether
         it was created, and its new API key (only when created: the key is never shown again).
 
-        The same content again is a no-op. Other content changes the institution, which needs its
-        own ``api_key``, else :class:`PermissionDenied`."""
+        Only an ``operator`` registers a new institution (or gives a key to one registered before keys
+        existed). The same content again is a no-op. Other content changes the institution, which
+        needs its own ``api_key``; else :class:`PermissionDenied`."""
         i = d.validate_institution(i, ref=self.ref)
+        if operator is None and await store.get_institution(self.pool, i.institution_id) is None:
+            raise PermissionDenied(f"registering institution {i.institution_id} is an operator's call: it needs an "
+                                   f"operator key in the metadata {operators.HEADER}")
         spec = topics.lead_topic(i.institution_id)
         i = replace(i, lead_topic=spec.name)
         await ensure_topics(self.bootstrap, [spec])  # a bank system can subscribe as soon as we answer
@@ -216,7 +221,7 @@ class Institutions:
             existing = await store.get_institution(conn, i.institution_id, for_update=True)
             assert existing is not None
             if existing.same_content(i):
-                if await store.lacks_api_key(conn, i.institution_id):  # registered before keys existed
+                if operator is not None and await store.lacks_api_key(conn, i.institution_id):  # registered before keys
                     keyed = await store.set_api_key(conn, i.institution_id, apikeys.digest(key), now)
                     await self._announce(conn, keyed, apikeys.digest(key), created=False, now=now)
                     return keyed, False, key

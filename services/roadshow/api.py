@@ -7,6 +7,7 @@ import grpc
 from finmesh.roadshow.v1 import roadshow_pb2 as pb
 from finmesh.roadshow.v1 import roadshow_pb2_grpc as pb_grpc
 from meshkit import apikeys
+from meshkit.operators import Operators
 from meshkit.paging import Page
 from services.roadshow import mapping
 from services.roadshow.service import Roadshows
@@ -15,14 +16,20 @@ Ctx = grpc.aio.ServicerContext
 
 
 class RoadshowApi(pb_grpc.RoadshowServiceServicer):
-    def __init__(self, roadshows: Roadshows) -> None:
+    """Operators create and change roadshows and override selections (``x-operator-key``);
+    investors register and record intents with their API key (``x-api-key``)."""
+
+    def __init__(self, roadshows: Roadshows, operators: Operators) -> None:
         self.roadshows = roadshows
+        self.operators = operators
 
     async def CreateRoadshow(self, request: pb.CreateRoadshowRequest, context: Ctx) -> pb.CreateRoadshowResponse:
+        self.operators.authenticate(context)
         x, created = await self.roadshows.create(request.request_id, mapping.roadshow_from_pb(request.roadshow))
         return pb.CreateRoadshowResponse(roadshow=mapping.roadshow_to_pb(x), created=created)
 
     async def UpdateRoadshow(self, request: pb.UpdateRoadshowRequest, context: Ctx) -> pb.UpdateRoadshowResponse:
+        self.operators.authenticate(context, request.operator_id)
         x = await self.roadshows.update(mapping.roadshow_from_pb(request.roadshow), list(request.update_mask.paths))
         return pb.UpdateRoadshowResponse(roadshow=mapping.roadshow_to_pb(x))
 
@@ -50,8 +57,9 @@ class RoadshowApi(pb_grpc.RoadshowServiceServicer):
 
     async def OverrideSelection(self, request: pb.OverrideSelectionRequest, context: Ctx
                                 ) -> pb.OverrideSelectionResponse:
+        operator_id = self.operators.authenticate(context, request.operator_id)
         a = await self.roadshows.override(request.roadshow_id, request.enterprise_uscc, request.selected,
-                                          request.reason, request.operator_id)
+                                          request.reason, operator_id)
         return pb.OverrideSelectionResponse(application=mapping.application_to_pb(a))
 
     async def RegisterInvestor(self, request: pb.RegisterInvestorRequest, context: Ctx

@@ -29,7 +29,7 @@ async def build(rt: Runtime, *, clock: Clock = codec.now,
     """``clock`` and the schedule's interval are injectable so that tests can move time."""
     await ensure_topics(rt.settings.kafka_bootstrap_servers, TOPICS)
     roadshows = Roadshows(rt.pool, rt.metrics, reference.load(), schema=SCHEMA, clock=clock)
-    rt.grpc.add(pb_grpc.add_RoadshowServiceServicer_to_server, RoadshowApi(roadshows),
+    rt.grpc.add(pb_grpc.add_RoadshowServiceServicer_to_server, RoadshowApi(roadshows, rt.operators),
                 pb.DESCRIPTOR.services_by_name["RoadshowService"])
     rt.consume(topics.ENTERPRISES_CHANGED, consumers.enterprise_changed(roadshows))
     rt.consume(topics.INSTITUTIONS_CHANGED, consumers.institution_changed(roadshows))

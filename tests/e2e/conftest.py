@@ -21,7 +21,7 @@ from finmesh.enterprise.v1 import enterprise_pb2 as ent
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
 from finmesh.institution.v1 import institution_pb2 as inst
 from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
-from meshkit import apikeys
+from meshkit import apikeys, operators
 from services.demand.domain import uscc_check_char
 
 YUAN = 100  # fen
@@ -79,7 +79,7 @@ async def world(mesh: Mesh) -> World:
             reply = await stub.RegisterInstitution(inst.RegisterInstitutionRequest(
                 institution=inst.Institution(institution_id=bank, name=bank.upper(),
                                              type=inst.INSTITUTION_TYPE_BANK)
-            ))
+            ), metadata=((operators.HEADER, info.operator_key),))
             institutions.append(reply.institution)
             keys[bank] = ((apikeys.HEADER, reply.api_key),)
     products = []

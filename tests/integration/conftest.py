@@ -10,7 +10,7 @@ from types import ModuleType
 
 import asyncpg
 import pytest
-from institution_keys import Keys
+from institution_keys import OPERATOR_KEYS, Keys
 
 from meshkit import topics
 from meshkit.kafka import ensure_topics, make_producer
@@ -44,6 +44,7 @@ async def running_service(name: str, app: ModuleType, database_url: str, bootstr
     settings = ServiceSettings(
         service_name=service_name or f"{name}-t{uuid.uuid4().hex[:8]}", kafka_bootstrap_servers=bootstrap,
         database_url=database_url, grpc_port=0, metrics_port=0, shutdown_grace_seconds=2.0,
+        operator_keys=OPERATOR_KEYS,
     )
     rt = Runtime(settings, schema=app.SCHEMA, migrations=app.MIGRATIONS)
     await rt.open()

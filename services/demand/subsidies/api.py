@@ -1,5 +1,6 @@
-"""gRPC: SubsidyService (translate and delegate). A lender reports a loan settled with its API key
-(``x-api-key``): the loan book and the loan's grant take it (:meth:`Loans.settled`)."""
+"""gRPC: SubsidyService (translate and delegate). An operator creates funds (``x-operator-key``). A
+lender reports a loan settled with its API key (``x-api-key``): the loan book and the loan's grant
+take it (:meth:`Loans.settled`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import grpc
 from finmesh.subsidy.v1 import subsidy_pb2 as spb
 from finmesh.subsidy.v1 import subsidy_pb2_grpc as spb_grpc
 from meshkit import apikeys
+from meshkit.operators import Operators
 from meshkit.paging import Page
 from meshkit.pbtime import set_ts
 from services.demand.loans.service import Loans
@@ -17,13 +19,15 @@ from services.demand.subsidies.service import Subsidies
 
 
 class SubsidyApi(spb_grpc.SubsidyServiceServicer):
-    def __init__(self, subsidies: Subsidies, loans: Loans, institutions: Institutions) -> None:
+    def __init__(self, subsidies: Subsidies, loans: Loans, institutions: Institutions, operators: Operators) -> None:
         self.subsidies = subsidies
         self.loans = loans
         self.institutions = institutions
+        self.operators = operators
 
     async def CreateFund(self, request: spb.CreateFundRequest, context: grpc.aio.ServicerContext
                          ) -> spb.CreateFundResponse:
+        self.operators.authenticate(context)
         f, created = await self.subsidies.create_fund(mapping.fund_from_pb(request.fund))
         return spb.CreateFundResponse(fund=mapping.fund_to_pb(f), created=created)
 

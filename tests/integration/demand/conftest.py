@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from institution_keys import OperatorAuth
 
 from finmesh.demand.v1 import demand_pb2_grpc as dm_grpc
 from finmesh.enterprise.v1 import enterprise_pb2_grpc as ent_grpc
@@ -33,6 +34,6 @@ class Stubs:
 
 @pytest.fixture(scope="module")
 async def stubs(demand_rt: Runtime) -> AsyncIterator[Stubs]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}", interceptors=[OperatorAuth()]) as channel:
         yield Stubs(dm_grpc.DemandServiceStub(channel), ent_grpc.EnterpriseServiceStub(channel),
                     inst_grpc.InstitutionServiceStub(channel), lead_grpc.LeadServiceStub(channel))

@@ -17,16 +17,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from finmesh.common.v1 import finance_pb2 as fin
 from finmesh.demand.v1 import demand_pb2 as dm
+from finmesh.demand.v1 import demand_pb2_grpc as dm_grpc
 from finmesh.demand.v1 import events_pb2 as dm_events
 from finmesh.enterprise.v1 import enterprise_pb2 as ent
 from finmesh.enterprise.v1 import events_pb2 as ent_events
 from finmesh.institution.v1 import events_pb2 as inst_events
 from finmesh.institution.v1 import institution_pb2 as inst
+from finmesh.institution.v1 import institution_pb2_grpc as inst_grpc
 from finmesh.lead.v1 import events_pb2 as ld_events
 from finmesh.lead.v1 import lead_pb2 as ld
 from finmesh.matching.v1 import events_pb2 as matching
-from meshkit import apikeys, codec, ids, topics
+from meshkit import apikeys, codec, ids, operators, topics
 from meshkit.grpcserver import field_violations
+from meshkit.lifecycle import Runtime
 
 if TYPE_CHECKING:
     from .conftest import Stubs
@@ -44,6 +47,7 @@ from demand_support import (  # noqa: I001 - the test folder's own helpers
     rpc_error,
     submit,
 )
+from institution_keys import OPERATOR_ID
 from waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -167,7 +171,20 @@ async def test_an_institution_rotates_its_key_and_the_old_one_stops_working(stub
                                                                             (2, apikeys.digest(new))]
 
 
-async def test_institutions_get_a_key_once_and_only_its_holder_changes_them(stubs: Stubs, bootstrap: str) -> None:
+async def test_institutions_get_a_key_once_and_only_its_holder_changes_them(
+    stubs: Stubs, demand_rt: Runtime, bootstrap: str
+) -> None:
+    """Only an operator registers an institution; only the institution changes it, with its key."""
+    newcomer = inst.Institution(institution_id=f"self-{uuid.uuid4().hex[:8]}", name="Self-registered",
+                                type=inst.INSTITUTION_TYPE_BANK)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as plain:
+        for metadata in ((), ((operators.HEADER, operators.new()),)):
+            err = await rpc_error(inst_grpc.InstitutionServiceStub(plain).RegisterInstitution(
+                inst.RegisterInstitutionRequest(institution=newcomer), metadata=metadata))
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED and operators.HEADER in (err.details() or "")
+    missing = await rpc_error(stubs.institutions.GetInstitution(inst.GetInstitutionRequest(
+        institution_id=newcomer.institution_id)))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND  # nothing was registered
     institution_id, key = await register_bank(stubs, "cib")
     other_id, other_key = await register_bank(stubs, "ceb")
     changed = inst.Institution(institution_id=institution_id, name="CIB Xiamen", type=inst.INSTITUTION_TYPE_BANK,
@@ -208,21 +225,33 @@ async def accepted_events(bootstrap: str, demand_id: str, linger: float = 1.0) -
     return [dm_events.DemandAccepted.FromString(r.value) for r in records]
 
 
-async def test_a_window_filing_waits_for_the_enterprise_s_confirmation(stubs: Stubs, bootstrap: str) -> None:
+async def test_a_window_filing_waits_for_the_enterprise_s_confirmation(
+    stubs: Stubs, demand_rt: Runtime, bootstrap: str
+) -> None:
+    """A window's operator files a demand with its operator key; the enterprise confirms it."""
     uscc = await registered(stubs)
     filing = dm.FileWindowDemandRequest(window_id="xiamen-first-loan-centre", filing_id=f"F-{uuid.uuid4().hex[:8]}",
-                                        operator_id="op-17", demand=demand_request(uscc))
-    reply = await stubs.demands.FileWindowDemand(filing)
+                                        demand=demand_request(uscc))
+    reply = await stubs.demands.FileWindowDemand(filing)  # the stubs' channel carries the operator's key
     x = reply.demand
     assert reply.created and x.status == dm.DEMAND_STATUS_NEEDS_INFO and x.channel == dm.CHANNEL_OFFLINE_WINDOW
-    assert x.operator_id == "op-17" and x.history[0].actor == "window:xiamen-first-loan-centre/operator:op-17"
+    assert x.operator_id == OPERATOR_ID  # the operator of the key
+    assert x.history[0].actor == f"window:xiamen-first-loan-centre/operator:{OPERATOR_ID}"
     assert not await accepted_events(bootstrap, x.demand_id)  # not matched before the enterprise confirms
 
     again = await stubs.demands.FileWindowDemand(filing)
     assert not again.created and again.demand == x
+    named = dm.FileWindowDemandRequest(window_id="w", filing_id=f"F-{uuid.uuid4().hex[:8]}", operator_id=OPERATOR_ID,
+                                       demand=demand_request(uscc))
+    assert (await stubs.demands.FileWindowDemand(named)).demand.operator_id == OPERATOR_ID
+    # Another operator named, no operator key, or a key that is no operator's: refused.
     err = await rpc_error(stubs.demands.FileWindowDemand(dm.FileWindowDemandRequest(
-        window_id="w", filing_id="f", demand=demand_request(uscc))))
-    assert set(field_violations(err)) == {"operator_id"}
+        window_id="w", filing_id="f2", operator_id="op-17", demand=demand_request(uscc))))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "op-17" in (err.details() or "")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as plain:
+        for metadata in ((), ((operators.HEADER, operators.new()),)):
+            err = await rpc_error(dm_grpc.DemandServiceStub(plain).FileWindowDemand(filing, metadata=metadata))
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED and operators.HEADER in (err.details() or "")
 
     err = await rpc_error(stubs.demands.ConfirmDemand(dm.ConfirmDemandRequest(demand_id=x.demand_id,
                                                                               enterprise_uscc=new_uscc())))
@@ -309,7 +338,7 @@ async def test_the_same_need_through_two_channels_is_linked_not_matched_twice(st
     # the same channel twice with two keys is two requests; another amount is another need
     assert (await submit(stubs, uscc)).status == dm.DEMAND_STATUS_MATCHING
     filed = await stubs.demands.FileWindowDemand(dm.FileWindowDemandRequest(
-        window_id="w1", filing_id=f"f-{uuid.uuid4()}", operator_id="op", demand=demand_request(uscc)))
+        window_id="w1", filing_id=f"f-{uuid.uuid4()}", demand=demand_request(uscc)))
     assert filed.demand.status == dm.DEMAND_STATUS_DUPLICATE and filed.demand.duplicate_of == first.demand_id
 
 
@@ -477,7 +506,7 @@ async def test_list_demands_by_enterprise_status_channel_institution_and_time(st
     uscc = with_leads.request.enterprise_uscc
     later = [await submit(stubs, uscc, amount_fen=(600 + n) * WAN) for n in range(3)]
     window = (await stubs.demands.FileWindowDemand(dm.FileWindowDemandRequest(
-        window_id="w2", filing_id=f"f-{uuid.uuid4()}", operator_id="op", demand=demand_request(
+        window_id="w2", filing_id=f"f-{uuid.uuid4()}", demand=demand_request(
             uscc, amount_fen=777 * WAN)))).demand
 
     async def ids_of(**kw: object) -> list[str]:

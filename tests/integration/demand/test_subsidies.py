@@ -18,6 +18,7 @@ import grpc
 import pytest
 from demand_support import WAN, demand_with_leads, read_topic, register_bank, rpc_error
 from google.protobuf.timestamp_pb2 import Timestamp
+from institution_keys import OperatorAuth
 from waiting import eventually
 
 from finmesh.enterprise.v1 import enterprise_pb2 as ent
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def subsidies(demand_rt: Runtime):  # noqa: ANN201
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}", interceptors=[OperatorAuth()]) as channel:
         yield spb_grpc.SubsidyServiceStub(channel)
 
 
@@ -81,6 +82,9 @@ async def test_loans_get_subsidies_without_application_and_give_the_quota_back(
     terms = spb.Fund(fund_id=fund_id, name="Xiamen first-loan interest subsidy", quota_fen=30_000 * 100,
                      subsidy_rate_bps=100, max_grant_fen=20_000 * 100, first_loans_only=True,
                      region_prefixes=["3502"])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as plain:  # funds are operators' to create
+        err = await rpc_error(spb_grpc.SubsidyServiceStub(plain).CreateFund(spb.CreateFundRequest(fund=terms)))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     created = await subsidies.CreateFund(spb.CreateFundRequest(fund=terms))
     assert created.created and created.fund.available_fen == 30_000 * 100
     again = await subsidies.CreateFund(spb.CreateFundRequest(fund=terms))

@@ -11,7 +11,7 @@ from datetime import timedelta
 import grpc
 import pytest
 from demand_support import WAN, registered, submit
-from institution_keys import as_institution
+from institution_keys import OperatorAuth, as_institution
 from notifier_support import INSTITUTION, inbox
 from waiting import eventually
 
@@ -66,7 +66,7 @@ async def test_an_uncontacted_lead_is_reminded_escalated_and_rerouted(
         demand_rt: Runtime, matcher: MatcherProcess, notifier: Runtime, stub, clocks, clock) -> None:
     run = uuid.uuid4().hex[:6]
     banks = [f"rr{i}-{run}" for i in range(4)]  # ranked by rate: rr0, rr1, rr2, then rr3
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as ch, \
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}", interceptors=[OperatorAuth()]) as ch, \
             grpc.aio.insecure_channel(matcher.address) as mch:
         institutions = inst_grpc.InstitutionServiceStub(ch)
         keys = {}

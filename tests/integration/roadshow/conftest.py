@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from institution_keys import OperatorAuth
 from roadshow_support import START, WAN, apply, create, registered, until_status  # noqa: I001 - the folder's helpers
 
 from finmesh.common.v1 import finance_pb2 as fin
@@ -96,14 +97,15 @@ async def replicas(database_url: str, bootstrap: str, service_runtime, clock: Cl
 @pytest.fixture(scope="module")
 async def roadshow(replicas: Replicas) -> AsyncIterator[rs_grpc.RoadshowServiceStub]:
     """A stub on the first replica (the one never restarted)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas.runtimes[0].grpc_port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas.runtimes[0].grpc_port}",
+                                         interceptors=[OperatorAuth()]) as channel:
         yield rs_grpc.RoadshowServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
 async def stubs(demand_rt: Runtime) -> AsyncIterator[SimpleNamespace]:
     """The demand service's stubs: enterprises, institutions, demands and leads."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{demand_rt.grpc_port}", interceptors=[OperatorAuth()]) as channel:
         yield SimpleNamespace(demands=dm_grpc.DemandServiceStub(channel),
                               enterprises=ent_grpc.EnterpriseServiceStub(channel),
                               institutions=inst_grpc.InstitutionServiceStub(channel),

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
+from institution_keys import OPERATOR_ID, OperatorAuth
 from roadshow_support import (  # noqa: I001 - the test folder's own helpers
     START,
     WAN,
@@ -98,7 +99,12 @@ async def test_the_monthly_roadshow_is_created_once_by_two_replicas_and_across_a
     assert [len(await of(m)) for m in ("2030-06", "2030-07")] == [0, 1] and july[0].automatic
 
 
-async def test_operators_create_update_and_get_roadshows(roadshow, clock) -> None:
+async def test_operators_create_update_and_get_roadshows(roadshow, replicas, clock) -> None:
+    # Only an operator, with its key, creates or changes a roadshow.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas.runtimes[0].grpc_port}") as plain:
+        err = await rpc_error(rs_grpc.RoadshowServiceStub(plain).CreateRoadshow(rs.CreateRoadshowRequest(
+            request_id="r0", roadshow=rs.Roadshow(theme="Aerospace"))))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     err = await rpc_error(roadshow.CreateRoadshow(rs.CreateRoadshowRequest(request_id="r1", roadshow=rs.Roadshow(
         theme="", theme_kind=rs.THEME_KIND_SPECIAL_ZONE, theme_zone="atlantis", city="Gotham", capacity=0,
         held_at=ts(clock.now + timedelta(days=3))))))
@@ -127,6 +133,10 @@ async def test_operators_create_update_and_get_roadshows(roadshow, clock) -> Non
     err = await rpc_error(roadshow.UpdateRoadshow(rs.UpdateRoadshowRequest(
         roadshow=rs.Roadshow(roadshow_id=x.roadshow_id), update_mask=FieldMask(paths=["status"]))))
     assert set(field_violations(err)) == {"update_mask"}
+    err = await rpc_error(roadshow.UpdateRoadshow(rs.UpdateRoadshowRequest(
+        roadshow=rs.Roadshow(roadshow_id=x.roadshow_id, city="Xiamen"), update_mask=FieldMask(paths=["city"]),
+        operator_id="someone-else")))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED  # the request names another operator than the key's
     err = await rpc_error(roadshow.GetRoadshow(rs.GetRoadshowRequest(roadshow_id="nope")))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
@@ -209,15 +219,16 @@ async def test_presenters_are_selected_once_by_the_ranking_and_operators_can_ove
     override = roadshow.OverrideSelection
     err = await rpc_error(override(rs.OverrideSelectionRequest(roadshow_id=x.roadshow_id, enterprise_uscc=c,
                                                                selected=True)))
-    assert set(field_violations(err)) == {"reason", "operator_id"}
+    assert set(field_violations(err)) == {"reason"}  # the operator is the key's
     err = await rpc_error(override(rs.OverrideSelectionRequest(roadshow_id=x.roadshow_id, enterprise_uscc=c,
-                                                               selected=True, reason="local", operator_id="op-1")))
+                                                               selected=True, reason="local",
+                                                               operator_id=OPERATOR_ID)))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "places are taken" in err.details()
     await override(rs.OverrideSelectionRequest(roadshow_id=x.roadshow_id, enterprise_uscc=a, selected=False,
-                                               reason="withdrew for an audit", operator_id="op-1"))
+                                               reason="withdrew for an audit", operator_id=OPERATOR_ID))
     swapped = (await override(rs.OverrideSelectionRequest(roadshow_id=x.roadshow_id, enterprise_uscc=c, selected=True,
-                                                          reason="replaces a", operator_id="op-1"))).application
-    assert swapped.status == rs.APPLICATION_STATUS_SELECTED and swapped.override_by == "op-1"
+                                                          reason="replaces a", operator_id=OPERATOR_ID))).application
+    assert swapped.status == rs.APPLICATION_STATUS_SELECTED and swapped.override_by == OPERATOR_ID
     assert "replaces a" in swapped.selection_reason
 
     # everyone was told, exactly once each, though two replicas ran the schedule
@@ -245,14 +256,16 @@ async def test_concurrent_overrides_for_the_last_place_select_exactly_one(roadsh
     waiting = [app.enterprise_uscc for app in apps if app.status == rs.APPLICATION_STATUS_NOT_SELECTED]
     assert (len(chosen), len(waiting)) == (2, 4)
     await roadshow.OverrideSelection(rs.OverrideSelectionRequest(
-        roadshow_id=x.roadshow_id, enterprise_uscc=chosen[0], selected=False, reason="withdrew", operator_id="op-1"))
+        roadshow_id=x.roadshow_id, enterprise_uscc=chosen[0], selected=False, reason="withdrew",
+        operator_id=OPERATOR_ID))
 
-    # one place left; four operators take it at once, through both replicas
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas.runtimes[1].grpc_port}") as channel:
+    # one place left; four overrides take it at once, through both replicas
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replicas.runtimes[1].grpc_port}",
+                                         interceptors=[OperatorAuth()]) as channel:
         other = rs_grpc.RoadshowServiceStub(channel)
         results = await asyncio.gather(*(
             (roadshow, other)[i % 2].OverrideSelection(rs.OverrideSelectionRequest(
-                roadshow_id=x.roadshow_id, enterprise_uscc=uscc, selected=True, reason="local", operator_id=f"op-{i}"))
+                roadshow_id=x.roadshow_id, enterprise_uscc=uscc, selected=True, reason="local"))
             for i, uscc in enumerate(waiting)), return_exceptions=True)
     won = [r for r in results if not isinstance(r, Exception)]
     lost = [r for r in results if isinstance(r, Exception)]
