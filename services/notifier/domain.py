@@ -366,6 +366,11 @@ RECEIVABLE_NOTICES: dict[str, tuple[tuple[str, str], tuple[str, ...]]] = {
     "FINANCING_REQUESTED": (("financing applied for", "已申请融资"), ("financier",)),
     "FINANCED": (("financed: pay the new payee", "已融资：请向新收款人付款"), ("supplier", "debtor", "financier")),
     "FINANCING_DECLINED": (("financing declined", "融资申请被拒绝"), ("supplier",)),
+    # declined by the maturity pass, not by the financier: the application lapsed at the due date
+    "FINANCING_LAPSED": (("the financing application lapsed at the due date", "融资申请已于到期日失效"),
+                         ("supplier", "financier")),
+    "FINANCING_WITHDRAWN": (("the supplier withdrew its financing application", "供应商已撤回融资申请"),
+                            ("financier",)),
     "PAYMENT_DUE": (("payment due", "付款提醒"), ("debtor",)),
     "OVERDUE": (("overdue: not reported paid", "已逾期：尚未付款"), ("debtor", "financier")),
     "SETTLED": (("paid", "已结清"), ("supplier", "debtor", "financier")),

@@ -91,6 +91,9 @@ def roadshow_notice(msg: roadshow.RoadshowNotice, occurred_at: datetime) -> Road
     )
 
 
+MATURITY_PASS = "demand"  # the actor of a receivable's change made by the demand service's maturity pass
+
+
 def receivable_change(msg: receivable.ReceivableChanged, occurred_at: datetime) -> ReceivableChange:
     r = msg.receivable
     last = r.financings[-1] if r.financings else None
@@ -98,6 +101,10 @@ def receivable_change(msg: receivable.ReceivableChanged, occurred_at: datetime) 
     change = _name(receivable.ChangeKind, msg.change, "CHANGE_KIND_") if msg.change else ""
     if change == "UPLOADED" and r.uploaded_by == receivable_pb2.PARTY_DEBTOR:
         change = "REGISTERED_BY_DEBTOR"  # confirmed at once: nothing to ask the debtor
+    if change == "FINANCING_DECLINED" and r.history and r.history[-1].actor == MATURITY_PASS:
+        change = "FINANCING_LAPSED"  # not the financier's decision: it is told too
+    if change in ("FINANCING_LAPSED", "FINANCING_WITHDRAWN"):
+        live = last is not None  # the institution applied to hears of it
     return ReceivableChange(
         receivable_id=r.receivable_id, version=r.version, change=change,
         document_number=r.document_number, amount_fen=r.confirmed_amount_fen or r.face_amount_fen,

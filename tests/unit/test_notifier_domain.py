@@ -113,6 +113,9 @@ def receivable_change(change: str, **kw: object) -> domain.ReceivableChange:
     ("FINANCED", {"financier": "bank-a", "current_payee": "bank-a"},
      [("enterprise", "S1"), ("enterprise", "D1"), ("institution", "bank-a")]),
     ("PAYMENT_DUE", {"days_to_due": 1}, [("enterprise", "D1")]),
+    ("FINANCING_DECLINED", {"reason": "debtor rating"}, [("enterprise", "S1")]),
+    ("FINANCING_LAPSED", {"financier": "bank-a"}, [("enterprise", "S1"), ("institution", "bank-a")]),
+    ("FINANCING_WITHDRAWN", {"financier": "bank-a"}, [("institution", "bank-a")]),
     ("SETTLED", {}, [("enterprise", "S1"), ("enterprise", "D1")]),  # never financed: no financier to tell
 ])
 def test_a_receivable_s_change_tells_the_parties_it_concerns(change: str, extra: dict[str, object],

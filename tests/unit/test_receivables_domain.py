@@ -172,6 +172,29 @@ def test_one_application_at_a_time_decided_only_by_its_financier() -> None:
     assert elsewhere.pending is not None and elsewhere.pending.institution_id == "bank-b"
 
 
+def test_the_supplier_withdraws_a_pending_application_and_may_apply_elsewhere() -> None:
+    x = r.request_financing(confirmed(), supplier_uscc=SUPPLIER, institution_id="bank-a", amount_fen=1,
+                            kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
+    with pytest.raises(PermissionDenied):
+        r.withdraw_financing(x, supplier_uscc=DEBTOR, reason="", at=NOW)
+    with pytest.raises(ValidationFailed):
+        r.withdraw_financing(x, supplier_uscc=SUPPLIER, reason="x" * 501, at=NOW)
+    back = r.withdraw_financing(x, supplier_uscc=SUPPLIER, reason="a better rate elsewhere", at=NOW)
+    assert (back.status, back.pending, back.financier, back.current_payee) == (r.Status.CONFIRMED, None, "", SUPPLIER)
+    assert back.financings[-1].withdrawn and not back.financings[-1].approved
+    assert back.financings[-1].decline_reason == "withdrawn by the supplier: a better rate elsewhere"
+    with pytest.raises(FailedPrecondition, match="no application is pending"):
+        r.withdraw_financing(back, supplier_uscc=SUPPLIER, reason="", at=NOW)
+    with pytest.raises(FailedPrecondition):  # the financier can no longer decide it
+        r.decide_financing(back, institution_id="bank-a", approve=True, rate_bps=300, decline_reason="", today=TODAY,
+                           at=NOW)
+    elsewhere = r.request_financing(back, supplier_uscc=SUPPLIER, institution_id="bank-b", amount_fen=1,
+                                    kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
+    assert elsewhere.pending is not None and elsewhere.pending.institution_id == "bank-b"
+    with pytest.raises(FailedPrecondition):  # financed: nothing to withdraw
+        r.withdraw_financing(financed("bank-a"), supplier_uscc=SUPPLIER, reason="", at=NOW)
+
+
 def test_financing_is_refused_to_anyone_but_the_supplier_above_the_confirmed_amount_or_at_the_due_date() -> None:
     x = confirmed()
     apply = dict(institution_id="bank-a", kind=r.FinancingKind.PLEDGE, at=NOW)
@@ -212,8 +235,8 @@ def test_a_late_maturity_pass_sends_only_the_nearest_prompt_and_a_settled_receiv
     assert changes == [] and unfinanced.status == r.Status.CONFIRMED and r.next_check(unfinanced) is None
 
 
-ACTIONS = st.lists(st.sampled_from(["confirm", "dispute", "apply-a", "apply-b", "approve", "decline", "settle",
-                                    "mature"]), max_size=12)
+ACTIONS = st.lists(st.sampled_from(["confirm", "dispute", "apply-a", "apply-b", "approve", "decline", "withdraw",
+                                    "settle", "mature"]), max_size=12)
 
 
 @given(ACTIONS)
@@ -232,6 +255,8 @@ def test_whatever_happens_a_receivable_is_financed_at_most_once_and_paid_to_its_
             elif action in ("approve", "decline") and x.pending is not None:
                 x = r.decide_financing(x, institution_id=x.pending.institution_id, approve=action == "approve",
                                        rate_bps=300, decline_reason="no", today=day, at=NOW)
+            elif action == "withdraw":
+                x = r.withdraw_financing(x, supplier_uscc=SUPPLIER, reason="", at=NOW)
             elif action == "settle":
                 x = r.settle(x, supplier_uscc=SUPPLIER, institution_id=x.financier, at=NOW)
             elif action == "mature":
@@ -263,3 +288,29 @@ def test_a_pending_application_lapses_at_the_due_date_and_a_late_approval_is_ref
 def test_a_prompt_says_the_days_really_left() -> None:
     x = confirmed(due_date=f"{TODAY + timedelta(days=5)}")
     assert r.mature(x, today=TODAY, at=NOW)[1] == [(r.Change.PAYMENT_DUE, 5)]
+
+
+def test_the_notifier_tells_the_financier_of_a_lapse_or_a_withdrawal_but_not_of_its_own_decline() -> None:
+    """The contract between the two services: the event says enough for the notifier to tell apart
+    a decline by the financier, a lapse at the due date and a withdrawal by the supplier."""
+    from services.demand.receivables import mapping as published
+    from services.notifier import domain as notifier
+    from services.notifier import mapping as received
+
+    pending = r.request_financing(confirmed(), supplier_uscc=SUPPLIER, institution_id="bank-a", amount_fen=1,
+                                  kind=r.FinancingKind.PLEDGE, today=TODAY, at=NOW)
+    declined = r.decide_financing(pending, institution_id="bank-a", approve=False, rate_bps=0, decline_reason="no",
+                                  today=TODAY, at=NOW)
+    lapsed, _ = r.mature(pending, today=pending.due, at=NOW)
+    withdrawn = r.withdraw_financing(pending, supplier_uscc=SUPPLIER, reason="", at=NOW)
+    told = {}
+    for name, x, change in (("declined", declined, r.Change.FINANCING_DECLINED),
+                            ("lapsed", lapsed, r.Change.FINANCING_DECLINED),
+                            ("withdrawn", withdrawn, r.Change.FINANCING_WITHDRAWN)):
+        c = received.receivable_change(published.changed(x, change), NOW)
+        told[name] = (c.change, [(n.recipient_kind.label, n.recipient_id) for n in notifier.for_receivable(c)])
+    assert told == {
+        "declined": ("FINANCING_DECLINED", [("enterprise", SUPPLIER)]),
+        "lapsed": ("FINANCING_LAPSED", [("enterprise", SUPPLIER), ("institution", "bank-a")]),
+        "withdrawn": ("FINANCING_WITHDRAWN", [("institution", "bank-a")]),
+    }

@@ -43,6 +43,12 @@ class ReceivableApi(rpb_grpc.ReceivableServiceServicer):
             request.amount_fen, int(request.kind))
         return rpb.RequestFinancingResponse(receivable=mapping.to_pb(x))
 
+    async def WithdrawFinancing(self, request: rpb.WithdrawFinancingRequest, context: grpc.aio.ServicerContext
+                                ) -> rpb.WithdrawFinancingResponse:
+        x = await self.receivables.withdraw_financing(request.receivable_id.strip(),
+                                                      request.supplier_uscc.strip().upper(), request.reason)
+        return rpb.WithdrawFinancingResponse(receivable=mapping.to_pb(x))
+
     async def DecideFinancing(self, request: rpb.DecideFinancingRequest, context: grpc.aio.ServicerContext
                               ) -> rpb.DecideFinancingResponse:
         institution_id = await self.institutions.authenticate(apikeys.from_context(context))

@@ -67,6 +67,7 @@ class Change(IntEnum):  # the values of finmesh.receivable.v1.ChangeKind
     PAYMENT_DUE = 8
     OVERDUE = 9
     SETTLED = 10
+    FINANCING_WITHDRAWN = 11
 
 
 S = Status
@@ -120,6 +121,7 @@ class Financing:
     approved: bool = False
     rate_bps: int = 0
     decline_reason: str = ""
+    withdrawn: bool = False  # by the supplier, before the financier decided
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,23 @@ def decide_financing(r: Receivable, *, institution_id: str, approve: bool, rate_
         return _moved(r, S.FINANCED, at, actor, f"financed: the payee is {institution_id} now",
                       financings=financings)
     return _moved(r, S.CONFIRMED, at, actor, f"financing declined: {decided.decline_reason}", financings=financings)
+
+
+def withdraw_financing(r: Receivable, *, supplier_uscc: str, reason: str, at: datetime) -> Receivable:
+    """The supplier withdraws its pending application (CONFIRMED again: it may apply elsewhere)."""
+    if supplier_uscc != r.upload.supplier_uscc:
+        raise PermissionDenied(f"only the supplier ({r.upload.supplier_uscc}) may withdraw the application for "
+                               f"receivable {r.receivable_id}")
+    pending = r.pending
+    if r.status != S.FINANCING or pending is None:
+        raise FailedPrecondition(f"receivable {r.receivable_id} is {r.status.name}: no application is pending")
+    v = Violations()
+    v.check(len(reason) <= MAX_REASON_CHARS, "reason", f"must be at most {MAX_REASON_CHARS} characters")
+    v.raise_if_any()
+    why = "withdrawn by the supplier" + (f": {reason.strip()}" if reason.strip() else "")
+    withdrawn = replace(pending, decided_at=at, withdrawn=True, decline_reason=why)
+    return _moved(r, S.CONFIRMED, at, f"enterprise:{supplier_uscc}", f"financing {why}",
+                  financings=(*r.financings[:-1], withdrawn))
 
 
 def settle(r: Receivable, *, supplier_uscc: str = "", institution_id: str = "", at: datetime) -> Receivable:

@@ -33,7 +33,8 @@ def to_pb(x: r.Receivable) -> rpb.Receivable:
     set_ts(out.created_at, x.created_at)
     for f in x.financings:
         pf = out.financings.add(institution_id=f.institution_id, amount_fen=f.amount_fen, kind=int(f.kind),
-                                approved=f.approved, rate_bps=f.rate_bps, decline_reason=f.decline_reason)
+                                approved=f.approved, rate_bps=f.rate_bps, decline_reason=f.decline_reason,
+                                withdrawn=f.withdrawn)
         set_ts(pf.requested_at, f.requested_at)
         set_ts(pf.decided_at, f.decided_at)
     for h in x.history:
@@ -60,7 +61,7 @@ def from_pb(x: rpb.Receivable) -> r.Receivable:
         financings=tuple(r.Financing(f.institution_id, f.amount_fen, r.FinancingKind(f.kind),
                                      requested_at=ts_to_dt(f.requested_at) or created_at,
                                      decided_at=ts_to_dt(f.decided_at), approved=f.approved, rate_bps=f.rate_bps,
-                                     decline_reason=f.decline_reason)
+                                     decline_reason=f.decline_reason, withdrawn=f.withdrawn)
                          for f in x.financings),
     )
 

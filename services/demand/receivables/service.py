@@ -118,6 +118,12 @@ class Receivables:
             today=now.date(), at=now), True), lambda x: r.Change.FINANCED if x.status == r.Status.FINANCED
             else r.Change.FINANCING_DECLINED))[0]
 
+    async def withdraw_financing(self, receivable_id: str, supplier_uscc: str, reason: str) -> r.Receivable:
+        require("supplier_uscc", supplier_uscc)
+        return (await self._change(receivable_id, lambda x, now: (r.withdraw_financing(
+            x, supplier_uscc=supplier_uscc, reason=reason, at=now), True),
+            lambda _: r.Change.FINANCING_WITHDRAWN))[0]
+
     async def settle(self, receivable_id: str, *, supplier_uscc: str = "", institution_id: str = "") -> r.Receivable:
         """``institution_id``: the caller authenticated as that financier; else ``supplier_uscc``."""
         return (await self._change(receivable_id, lambda x, now: (r.settle(

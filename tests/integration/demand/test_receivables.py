@@ -92,6 +92,19 @@ async def test_a_receivable_is_confirmed_financed_once_paid_to_its_financier_and
         receivable_id=x.receivable_id, debtor_uscc=debtor, confirmed_amount_fen=80_000_000)))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "irrevocable" in err.details()
 
+    # The supplier applies to bank B, then withdraws (only it may) and applies to bank A instead.
+    await receivables.RequestFinancing(S.RequestFinancingRequest(
+        receivable_id=x.receivable_id, supplier_uscc=supplier, institution_id=bank_b, amount_fen=70_000_000,
+        kind=S.FINANCING_KIND_PLEDGE))
+    err = await rpc_error(receivables.WithdrawFinancing(S.WithdrawFinancingRequest(
+        receivable_id=x.receivable_id, supplier_uscc=debtor)))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    withdrawn = (await receivables.WithdrawFinancing(S.WithdrawFinancingRequest(
+        receivable_id=x.receivable_id, supplier_uscc=supplier, reason="a better rate elsewhere"))).receivable
+    assert withdrawn.status == S.RECEIVABLE_STATUS_CONFIRMED and withdrawn.financings[-1].withdrawn
+    err = await rpc_error(receivables.DecideFinancing(S.DecideFinancingRequest(
+        receivable_id=x.receivable_id, approve=True, rate_bps=350), metadata=key_b))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # nothing left for bank B to decide
     await receivables.RequestFinancing(S.RequestFinancingRequest(
         receivable_id=x.receivable_id, supplier_uscc=supplier, institution_id=bank_a, amount_fen=70_000_000,
         kind=S.FINANCING_KIND_ASSIGNMENT))
@@ -109,8 +122,8 @@ async def test_a_receivable_is_confirmed_financed_once_paid_to_its_financier_and
         receivable_id=x.receivable_id, approve=True, rate_bps=350), metadata=key_a)).receivable
     assert financed.status == S.RECEIVABLE_STATUS_FINANCED
     assert (financed.original_payee, financed.current_payee) == (supplier, bank_a)
-    assert [(f.institution_id, f.amount_fen, f.approved, f.rate_bps) for f in financed.financings] == [
-        (bank_a, 70_000_000, True, 350)]
+    assert [(f.institution_id, f.amount_fen, f.approved, f.rate_bps, f.withdrawn) for f in financed.financings] == [
+        (bank_b, 70_000_000, False, 0, True), (bank_a, 70_000_000, True, 350, False)]
 
     err = await rpc_error(receivables.SettleReceivable(S.SettleReceivableRequest(
         receivable_id=x.receivable_id, supplier_uscc=supplier)))
@@ -123,15 +136,17 @@ async def test_a_receivable_is_confirmed_financed_once_paid_to_its_financier_and
     assert settled.status == S.RECEIVABLE_STATUS_SETTLED
     assert [h.status for h in settled.history] == [
         S.RECEIVABLE_STATUS_PENDING_CONFIRMATION, S.RECEIVABLE_STATUS_CONFIRMED, S.RECEIVABLE_STATUS_FINANCING,
-        S.RECEIVABLE_STATUS_FINANCED, S.RECEIVABLE_STATUS_SETTLED]
+        S.RECEIVABLE_STATUS_CONFIRMED, S.RECEIVABLE_STATUS_FINANCING, S.RECEIVABLE_STATUS_FINANCED,
+        S.RECEIVABLE_STATUS_SETTLED]
     listed = await receivables.ListReceivables(S.ListReceivablesRequest(financier_id=bank_a))
     assert [r.receivable_id for r in listed.receivables] == [x.receivable_id]
 
-    events = await changes_of(bootstrap, x.receivable_id, 5)
+    events = await changes_of(bootstrap, x.receivable_id, 7)
     assert [(e.change, e.receivable.version) for e in events] == [
         (rev.CHANGE_KIND_UPLOADED, 1), (rev.CHANGE_KIND_CONFIRMED, 2), (rev.CHANGE_KIND_FINANCING_REQUESTED, 3),
-        (rev.CHANGE_KIND_FINANCED, 4), (rev.CHANGE_KIND_SETTLED, 5)]
-    assert events[3].receivable.current_payee == bank_a
+        (rev.CHANGE_KIND_FINANCING_WITHDRAWN, 4), (rev.CHANGE_KIND_FINANCING_REQUESTED, 5),
+        (rev.CHANGE_KIND_FINANCED, 6), (rev.CHANGE_KIND_SETTLED, 7)]
+    assert events[5].receivable.current_payee == bank_a
 
 
 async def test_the_same_receivable_is_blocked_however_its_number_is_typed_and_a_near_one_is_flagged(
