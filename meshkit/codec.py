@@ -2,8 +2,9 @@
 
 Headers: ``event-id`` (UUID, the consumer's dedupe key), ``event-type`` (the protobuf
 full name), ``occurred-at`` (RFC 3339, UTC, microseconds) and ``producer`` (service).
-Dead-lettered records also carry ``dlq-reason``, ``dlq-origin`` (topic/partition@offset)
-and ``dlq-consumer``.
+Dead-lettered records also carry ``dlq-reason``, ``dlq-origin`` (topic/partition@offset),
+``dlq-consumer`` and ``dlq-kind`` (``unusable``: the record itself, e.g. undecodable or invalid;
+``kept-failing``: its handler failed every try).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ PRODUCER = "producer"
 DLQ_REASON = "dlq-reason"
 DLQ_ORIGIN = "dlq-origin"
 DLQ_CONSUMER = "dlq-consumer"
+DLQ_KIND = "dlq-kind"  # why it was set aside: UNUSABLE (the record) or KEPT_FAILING (its handler)
+UNUSABLE = "unusable"
+KEPT_FAILING = "kept-failing"
 
 Headers = list[tuple[str, bytes]]
 

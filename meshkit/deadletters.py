@@ -1,21 +1,33 @@
 """Dead-letter topics, for operators: what is on them, and putting their records back.
 
-A consumer dead-letters a record it can never use, or one that kept failing (see
-:mod:`meshkit.kafka`), with why and where from in its ``dlq-*`` headers. Once the cause is
-fixed (a defect deployed again, a missing reference created), ``replay`` publishes those records
-again, unchanged, to the partition they came from. Every consumer dedupes on the event id, so the
-groups that had handled a record skip it, and only the one that could not handle it acts.
+A consumer dead-letters a record it can never use, or one its handler kept failing on (see
+:mod:`meshkit.kafka`), with why and where from in its ``dlq-*`` headers. Once the cause is fixed
+(a defect deployed again, a missing reference created), ``replay`` publishes those records again,
+unchanged, to the partition they came from. Every consumer dedupes on the event id, so the groups
+that had handled a record skip it, and only the one that could not handle it acts.
 
     python -m meshkit.deadletters list                 # every dead-letter topic: records kept, not replayed yet
     python -m meshkit.deadletters show TOPIC.dlq       # its records: origin, consumer, event, reason
-    python -m meshkit.deadletters replay TOPIC.dlq [--consumer GROUP] [--offset N ...] [--dry-run]
+    python -m meshkit.deadletters replay TOPIC.dlq [--consumer GROUP] [--offset [P@]N ...] [--unusable-too]
+                                                   [--dry-run]
 
-``replay`` takes the records after the topic's replay mark (the offset committed by the group
-``finmesh.deadletters.replay``) and moves the mark past them once the broker has acknowledged
-them, so running it twice replays nothing twice. With ``--consumer`` or ``--offset`` it replays
-only the records chosen and leaves the mark where it was. A record cut to fit the dead-letter
-topic (``dlq-truncated``), or whose origin is not the topic the dead-letter topic belongs to, is
-never replayed: it is reported as refused.
+``replay`` takes the records after the partition's replay mark, kept on the compacted topic
+``ops.deadletter-replay-marks.v1``, and moves the mark past them once the broker has acknowledged
+them: a second replay, however long after, puts nothing back twice. ``--consumer`` or ``--offset``
+replays only the records chosen; the mark remembers them, so a later full replay skips them. A
+record refused or replayed before goes back again only when named with ``--offset``. Each origin
+record goes back once, however many groups dead-lettered a copy of it. Run one replay of a topic
+at a time.
+
+Never replayed (reported as refused):
+- a record whose handler did not fail but which was itself unusable (undecodable, invalid): the
+  same bytes would be refused again, by every group; ``--unusable-too`` replays those as well,
+  for when the fix was to what is accepted;
+- a record cut to fit the dead-letter topic, or whose origin is not the topic the dead-letter
+  topic belongs to;
+- a record of a compacted topic (enterprises, institutions): replayed, an older version would
+  become its key's latest and, once compacted, replace the newer one for every new reader; have
+  the owning service announce the entity again instead (a change, or ``RotateApiKey``).
 """
 
 from __future__ import annotations
@@ -24,17 +36,18 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from finmesh.ops.v1 import deadletters_pb2 as ops_pb
 from meshkit import codec
-from meshkit.kafka import make_producer
-from meshkit.topics import REGISTRY
+from meshkit.kafka import ensure_topics, make_producer
+from meshkit.pbtime import set_ts
+from meshkit.topics import DEADLETTER_REPLAY_MARKS, REGISTRY, spec_for
 
-REPLAY_GROUP = "finmesh.deadletters.replay"
 DLQ_SUFFIX = ".dlq"
 REPLAYED_FROM = "replayed-from"  # header of a replayed record: the dead-letter topic/partition@offset
 TRUNCATED = "dlq-truncated"
@@ -56,6 +69,13 @@ def parse_origin(text: str | None) -> Origin | None:
     if not topic or not partition.isdigit() or not offset.isdigit():
         return None
     return Origin(topic, int(partition), int(offset))
+
+
+def _compacted(topic: str) -> bool:
+    try:
+        return spec_for(topic).compacted
+    except (KeyError, ValueError):  # not in the registry (another application's, a test's)
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +100,16 @@ class DeadLetter:
     def origin(self) -> Origin | None:
         return parse_origin(self.header(codec.DLQ_ORIGIN))
 
-    def refusal(self) -> str | None:
+    @property
+    def kept_failing(self) -> bool:
+        """Set aside because its handler failed every try (not because the record was unusable)."""
+        kind = self.header(codec.DLQ_KIND)
+        if kind is not None:
+            return kind == codec.KEPT_FAILING
+        reason = self.header(codec.DLQ_REASON) or ""  # dead-lettered before the kind was recorded
+        return reason.startswith("failed ") and " times, last with " in reason
+
+    def refusal(self, *, unusable_too: bool = False) -> str | None:
         """Why this record cannot be replayed, or None if it can."""
         if self.header(TRUNCATED) == "true":
             return "its value was cut to fit the dead-letter topic"
@@ -89,6 +118,11 @@ class DeadLetter:
             return "no dlq-origin header says where it came from"
         if not self.topic.endswith(DLQ_SUFFIX) or origin.topic != self.topic[:-len(DLQ_SUFFIX)]:
             return f"its origin {origin.topic!r} is not the topic {self.topic!r} belongs to"
+        if _compacted(origin.topic):
+            return (f"{origin.topic} is compacted: an older version would replace the newer one; have its owner "
+                    "announce the entity again")
+        if not unusable_too and not self.kept_failing:
+            return "the record itself was unusable, and would be refused again (--unusable-too replays it)"
         return None
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
@@ -104,15 +138,21 @@ def dead_letter_topics() -> list[str]:
 
 
 @dataclass
-class Span:
-    """A dead-letter topic's records: kept on the broker, and after the replay mark."""
+class Mark:
+    """How far a partition of a dead-letter topic has been replayed."""
 
-    topic: str
-    kept: int
-    pending: int
+    next_offset: int = 0
+    also_replayed: frozenset[int] = frozenset()  # offsets at or past next_offset, replayed one by one
+
+    def done(self, offset: int) -> bool:
+        return offset < self.next_offset or offset in self.also_replayed
 
 
-async def _open(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+def mark_id(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -121,62 +161,131 @@ async def _open(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[Topi
         await admin.close()
     if described["error_code"] or not described["partitions"]:
         raise LookupError(f"topic {topic!r} does not exist")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=REPLAY_GROUP, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
-    await consumer.start()
-    tps = [TopicPartition(topic, p["partition"]) for p in sorted(described["partitions"], key=lambda p: p["partition"])]
-    consumer.assign(tps)
-    return consumer, tps
+    return [TopicPartition(topic, p) for p in sorted(p["partition"] for p in described["partitions"])]
 
 
-async def _marks(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-    """Where reading starts for each partition: the replay mark, or the oldest record kept if the
-    mark is older (or there is none)."""
-    first = await consumer.beginning_offsets(list(tps))
-    marks = {}
+async def _read_all(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], start: dict[TopicPartition, int]
+                    ) -> tuple[list[ConsumerRecord], dict[TopicPartition, int]]:
+    """Every record of ``tps`` from ``start`` to the end offsets as they are now."""
+    end = await consumer.end_offsets(list(tps))
+    consumer.assign(list(tps))
     for tp in tps:
-        committed = await consumer.committed(tp)
-        marks[tp] = max(first[tp], committed or 0)
-    return marks
+        consumer.seek(tp, start[tp])
+    out: list[ConsumerRecord] = []
+    todo = {tp for tp in tps if start[tp] < end[tp]}
+    while todo:
+        batch = await consumer.getmany(*todo, timeout_ms=1000)
+        for tp, records in batch.items():
+            out += [r for r in records if r.offset < end[tp]]
+        todo = {tp for tp in todo if await consumer.position(tp) < end[tp]}
+    return out, end
 
 
-async def spans(bootstrap: str, names: Sequence[str]) -> list[Span]:
-    out = []
-    for name in names:
-        consumer, tps = await _open(bootstrap, name)
-        try:
-            first = await consumer.beginning_offsets(tps)
-            end = await consumer.end_offsets(tps)
-            marks = await _marks(consumer, tps)
-            out.append(Span(name, sum(end[tp] - first[tp] for tp in tps), sum(end[tp] - marks[tp] for tp in tps)))
-        finally:
-            await consumer.stop()
+def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                            auto_offset_reset="earliest", fetch_max_wait_ms=100)
+
+
+async def marks(bootstrap: str) -> dict[str, Mark]:
+    """The latest replay mark of every dead-letter partition (none: never replayed)."""
+    await ensure_topics(bootstrap, [DEADLETTER_REPLAY_MARKS])
+    tps = await _partitions(bootstrap, DEADLETTER_REPLAY_MARKS.name)
+    consumer = _consumer(bootstrap)
+    await consumer.start()
+    try:
+        first = await consumer.beginning_offsets(tps)
+        records, _ = await _read_all(consumer, tps, first)
+    finally:
+        await consumer.stop()
+    out: dict[str, Mark] = {}
+    for r in records:
+        m = ops_pb.ReplayMark.FromString(r.value)
+        out[m.mark_id] = Mark(m.next_offset, frozenset(m.also_replayed))
     return out
 
 
-async def read(bootstrap: str, topic: str, *, from_mark: bool = False) -> list[DeadLetter]:
-    """The records of ``topic`` now on the broker (after the replay mark, with ``from_mark``)."""
-    records, _ = await _read(bootstrap, topic, from_mark=from_mark)
-    return records
-
-
-async def _read(bootstrap: str, topic: str, *, from_mark: bool) -> tuple[list[DeadLetter], dict[TopicPartition, int]]:
-    consumer, tps = await _open(bootstrap, topic)
+async def _save_marks(bootstrap: str, topic: str, new: dict[int, tuple[Mark, int]]) -> None:
+    """Record the marks of ``topic``'s partitions (partition -> (mark, records replayed))."""
+    producer = make_producer(bootstrap, "deadletters-replay")
+    await producer.start()
     try:
-        end = await consumer.end_offsets(tps)
-        start = await _marks(consumer, tps) if from_mark else await consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, start[tp])
-        out: list[DeadLetter] = []
-        todo = {tp for tp in tps if start[tp] < end[tp]}
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=1000)
-            for tp, records in batch.items():
-                out += [DeadLetter.of(r) for r in records if r.offset < end[tp]]
-            todo = {tp for tp in todo if await consumer.position(tp) < end[tp]}
-        return sorted(out, key=lambda d: (d.partition, d.offset)), end
+        for partition, (m, replayed) in new.items():
+            msg = ops_pb.ReplayMark(mark_id=mark_id(topic, partition), topic=topic, partition=partition,
+                                    next_offset=m.next_offset, replayed=replayed, also_replayed=sorted(m.also_replayed))
+            set_ts(msg.replayed_at, codec.now())
+            await producer.send_and_wait(DEADLETTER_REPLAY_MARKS.name, key=msg.mark_id.encode(),
+                                         value=msg.SerializeToString())
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class Span:
+    """A dead-letter topic's records: kept on the broker, and not replayed yet (None: no such topic)."""
+
+    topic: str
+    kept: int | None
+    pending: int | None
+
+
+async def spans(bootstrap: str, names: Sequence[str]) -> list[Span]:
+    known = await marks(bootstrap)
+    consumer = _consumer(bootstrap)
+    await consumer.start()
+    out = []
+    try:
+        for name in names:
+            try:
+                tps = await _partitions(bootstrap, name)
+            except LookupError:
+                out.append(Span(name, None, None))
+                continue
+            first = await consumer.beginning_offsets(tps)
+            end = await consumer.end_offsets(tps)
+            pending = 0
+            for tp in tps:
+                m = known.get(mark_id(name, tp.partition), Mark())
+                start = max(first[tp], m.next_offset)
+                pending += end[tp] - start - sum(1 for o in m.also_replayed if start <= o < end[tp])
+            out.append(Span(name, sum(end[tp] - first[tp] for tp in tps), pending))
     finally:
         await consumer.stop()
+    return out
+
+
+async def read(bootstrap: str, topic: str, *, pending_only: bool = False) -> list[DeadLetter]:
+    """The records of ``topic`` now on the broker (only those not replayed yet, with ``pending_only``)."""
+    records, _, known = await _read(bootstrap, topic, from_start=not pending_only)
+    return [d for d in records
+            if not pending_only or not known.get(mark_id(topic, d.partition), Mark()).done(d.offset)]
+
+
+async def _read(bootstrap: str, topic: str, *, from_start: bool
+                ) -> tuple[list[DeadLetter], dict[TopicPartition, int], dict[str, Mark]]:
+    """The records of ``topic`` (kept on the broker, or only after the replay marks), its end offsets
+    now, and the replay marks."""
+    tps = await _partitions(bootstrap, topic)
+    known = await marks(bootstrap)
+    consumer = _consumer(bootstrap)
+    await consumer.start()
+    try:
+        first = await consumer.beginning_offsets(tps)
+        start = {tp: first[tp] if from_start else max(first[tp], known.get(mark_id(topic, tp.partition),
+                                                                             Mark()).next_offset) for tp in tps}
+        records, end = await _read_all(consumer, tps, start)
+    finally:
+        await consumer.stop()
+    return sorted((DeadLetter.of(r) for r in records), key=lambda d: (d.partition, d.offset)), end, known
+
+
+def parse_offset(text: str) -> tuple[int, int]:
+    """``--offset``: ``N`` (partition 0) or ``P@N``."""
+    partition, sep, offset = text.partition("@")
+    if not sep:
+        partition, offset = "0", partition
+    if not partition.isdigit() or not offset.isdigit():
+        raise ValueError(f"--offset {text!r} is not N or PARTITION@N")
+    return int(partition), int(offset)
 
 
 @dataclass
@@ -184,35 +293,45 @@ class Replay:
     replayed: list[DeadLetter]
     refused: list[tuple[DeadLetter, str]]
     skipped: int  # not chosen by --consumer / --offset
-    mark_moved: bool
+    copies: list[DeadLetter] = field(default_factory=list)  # of an origin record already going back in this replay
 
 
 async def replay(bootstrap: str, topic: str, *, consumer_group: str | None = None,
-                 offsets: Sequence[int] = (), dry_run: bool = False) -> Replay:
-    """Publish the records of dead-letter topic ``topic`` after its replay mark again to where
-    they came from (only those dead-lettered by ``consumer_group``, or at ``offsets``, if given)."""
+                 offsets: Sequence[tuple[int, int]] = (), unusable_too: bool = False,
+                 dry_run: bool = False) -> Replay:
+    """Publish the records of dead-letter topic ``topic`` not replayed yet again to where they came
+    from (only those dead-lettered by ``consumer_group``, or at ``offsets`` (partition, offset), if
+    given), one per origin record, and move the replay mark past them."""
     if not topic.endswith(DLQ_SUFFIX):
         raise ValueError(f"{topic!r} is not a dead-letter topic (its name ends with {DLQ_SUFFIX!r})")
-    records, end = await _read(bootstrap, topic, from_mark=True)
-    chosen, refused, skipped = [], [], 0
-    for d in records:
-        if (consumer_group and d.header(codec.DLQ_CONSUMER) != consumer_group) or (offsets and d.offset not in offsets):
-            skipped += 1
-            continue
-        why = d.refusal()
-        if why is None:
-            chosen.append(d)
-        else:
-            refused.append((d, why))
+    records, end, known = await _read(bootstrap, topic, from_start=bool(offsets))
     selective = bool(consumer_group or offsets)
+    done = Replay([], [], 0)
+    origins: set[Origin] = set()
+    for d in records:
+        if not offsets and known.get(mark_id(topic, d.partition), Mark()).done(d.offset):
+            continue  # replayed (or refused) before; naming it with --offset replays it again
+        if (consumer_group and d.header(codec.DLQ_CONSUMER) != consumer_group) or (
+                offsets and (d.partition, d.offset) not in offsets):
+            done.skipped += 1
+            continue
+        why = d.refusal(unusable_too=unusable_too)
+        if why is not None:
+            done.refused.append((d, why))
+        elif d.origin in origins:
+            done.copies.append(d)
+        else:
+            assert d.origin is not None
+            origins.add(d.origin)
+            done.replayed.append(d)
     if dry_run:
-        return Replay(chosen, refused, skipped, mark_moved=False)
-    if chosen:
+        return done
+    if done.replayed:
         producer = make_producer(bootstrap, "deadletters-replay")
         await producer.start()
         try:
             sent = []
-            for d in chosen:
+            for d in done.replayed:
                 origin = d.origin
                 assert origin is not None
                 sent.append(await producer.send(origin.topic, value=d.value, key=d.key, partition=origin.partition,
@@ -220,13 +339,20 @@ async def replay(bootstrap: str, topic: str, *, consumer_group: str | None = Non
             await asyncio.gather(*sent)
         finally:
             await producer.stop()
-    if not selective:
-        consumer, _ = await _open(bootstrap, topic)
-        try:
-            await consumer.commit(end)
-        finally:
-            await consumer.stop()
-    return Replay(chosen, refused, skipped, mark_moved=not selective)
+    new: dict[int, tuple[Mark, int]] = {}
+    for tp, end_offset in end.items():
+        m = known.get(mark_id(topic, tp.partition), Mark())
+        replayed = sum(1 for d in done.replayed if d.partition == tp.partition)
+        if selective:  # the records chosen, replayed or copies of those, count as done
+            chosen = {d.offset for d in (*done.replayed, *done.copies) if d.partition == tp.partition}
+            if chosen - m.also_replayed:
+                new[tp.partition] = (Mark(m.next_offset, m.also_replayed | {o for o in chosen if o >= m.next_offset}),
+                                     replayed)
+        elif end_offset > m.next_offset:  # everything before the end now is done: replayed, a copy or refused
+            new[tp.partition] = (Mark(end_offset), replayed)
+    if new:
+        await _save_marks(bootstrap, topic, new)
+    return done
 
 
 # -- the command ------------------------------------------------------------------------------------------------
@@ -254,25 +380,29 @@ def _print_records(records: Sequence[DeadLetter]) -> None:
 
 async def _run(args: argparse.Namespace, bootstrap: str) -> int:
     if args.command == "list":
-        names = args.topics or dead_letter_topics()
-        for span in await spans(bootstrap, names):
-            print(f"{span.topic}: {span.kept} kept, {span.pending} not replayed")
+        for span in await spans(bootstrap, args.topics or dead_letter_topics()):
+            print(f"{span.topic}: does not exist" if span.kept is None else
+                  f"{span.topic}: {span.kept} kept, {span.pending} not replayed")
         return 0
     if args.command == "show":
-        records = await read(bootstrap, args.topic, from_mark=args.pending)
+        records = await read(bootstrap, args.topic, pending_only=args.pending)
         _print_records(records)
         print(f"{len(records)} records")
         return 0
-    done = await replay(bootstrap, args.topic, consumer_group=args.consumer, offsets=args.offset,
+    done = await replay(bootstrap, args.topic, consumer_group=args.consumer,
+                        offsets=[parse_offset(o) for o in args.offset], unusable_too=args.unusable_too,
                         dry_run=args.dry_run)
     verb = "would replay" if args.dry_run else "replayed"
     for d in done.replayed:
         print(f"{verb} {d.topic}/{d.partition}@{d.offset} -> {d.header(codec.DLQ_ORIGIN)}"
               f" ({d.header(codec.EVENT_ID)})")
+    for d in done.copies:
+        print(f"copy {d.topic}/{d.partition}@{d.offset}: the same origin record goes back once")
     for d, why in done.refused:
         print(f"refused {d.topic}/{d.partition}@{d.offset}: {why}")
-    mark = "the replay mark moved past them" if done.mark_moved else "the replay mark did not move"
-    print(f"{len(done.replayed)} {verb}, {len(done.refused)} refused, {done.skipped} not chosen; {mark}")
+    mark = "nothing recorded (a dry run)" if args.dry_run else "the replay mark moved past them"
+    print(f"{len(done.replayed)} {verb}, {len(done.copies)} copies, {len(done.refused)} refused, "
+          f"{done.skipped} not chosen; {mark}")
     return 0
 
 
@@ -284,11 +414,14 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("topics", nargs="*")
     show = sub.add_parser("show", help="the records of a dead-letter topic")
     show.add_argument("topic")
-    show.add_argument("--pending", action="store_true", help="only those after the replay mark")
-    again = sub.add_parser("replay", help="publish the records after the replay mark again to where they came from")
+    show.add_argument("--pending", action="store_true", help="only those not replayed yet")
+    again = sub.add_parser("replay", help="publish the records not replayed yet again to where they came from")
     again.add_argument("topic")
     again.add_argument("--consumer", help="only the records this consumer group dead-lettered")
-    again.add_argument("--offset", type=int, action="append", default=[], help="only this offset (repeatable)")
+    again.add_argument("--offset", action="append", default=[], help="only this record: N (partition 0) or P@N; "
+                       "repeatable")
+    again.add_argument("--unusable-too", action="store_true",
+                       help="also records set aside as unusable (for when the fix was to what is accepted)")
     again.add_argument("--dry-run", action="store_true", help="say what would be replayed, and replay nothing")
     return p
 

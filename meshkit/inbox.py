@@ -16,10 +16,14 @@ import asyncpg
 
 from meshkit.topics import REGISTRY
 
-# Keep entries a day longer than any topic keeps its records, dead-letter topics included: a record
-# replayed from one (``python -m meshkit.deadletters replay``) must still be known to every consumer
-# that handled it before it was dead-lettered for another.
-KEEP = timedelta(milliseconds=max(t.retention_ms for t in REGISTRY if t.retention_ms > 0)) + timedelta(days=1)
+# Keep entries long enough for any record to come back: a record may be delivered until its topic's
+# retention ends, and one dead-lettered by a group as late as that may be replayed (``python -m
+# meshkit.deadletters replay``) until its dead-letter topic's retention ends; the consumers that had
+# handled it must still know it then. Topics kept for good (retention -1) are compacted or carry
+# versioned state, which their consumers dedupe by version.
+_DEAD_LETTERS = {t.dead_letter for t in REGISTRY if t.dead_letter is not None}
+KEEP = (timedelta(milliseconds=max(t.retention_ms for t in REGISTRY if t.retention_ms > 0 and t not in _DEAD_LETTERS))
+        + timedelta(milliseconds=max(t.retention_ms for t in _DEAD_LETTERS)) + timedelta(days=1))
 
 
 async def claim(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:

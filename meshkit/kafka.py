@@ -166,14 +166,16 @@ def make_producer(bootstrap: str, client_id: str, *, linger_ms: int = 1, request
 
 
 async def dead_letter(producer: AIOKafkaProducer, spec: TopicSpec, record: ConsumerRecord, reason: str,
-                      consumer: str) -> None:
-    """Publish ``record`` unchanged to ``spec``'s dead-letter topic with why and where from."""
+                      consumer: str, kind: str = codec.UNUSABLE) -> None:
+    """Publish ``record`` unchanged to ``spec``'s dead-letter topic with why (``kind``: the record
+    is unusable, or its handler kept failing) and where from."""
     assert spec.dead_letter is not None, f"{spec.name} has no dead-letter topic"
     headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq-")]
     headers += [
         (codec.DLQ_REASON, reason.encode()[:4000]),
         (codec.DLQ_ORIGIN, f"{record.topic}/{record.partition}@{record.offset}".encode()),
         (codec.DLQ_CONSUMER, consumer.encode()),
+        (codec.DLQ_KIND, kind.encode()),
     ]
     value = record.value or b""
     if len(value) > BROKER_MAX_MESSAGE_BYTES - 64 * 1024:
@@ -566,7 +568,7 @@ class EventConsumer:
             logger.error("dead-lettered: the record keeps failing", topic=topic, offset=record.offset, reason=reason)
 
             async def park() -> None:
-                await dead_letter(self.producer, self.spec, record, reason, self.group_id)
+                await dead_letter(self.producer, self.spec, record, reason, self.group_id, codec.KEPT_FAILING)
                 count("dead_lettered")
 
             return (await self._until_passes(park, "could not dead-letter; retrying", offset=record.offset))[0]

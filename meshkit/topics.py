@@ -25,6 +25,7 @@ from finmesh.lead.v1 import events_pb2 as lead_events
 from finmesh.loan.v1 import events_pb2 as loan_events
 from finmesh.matching.v1 import events_pb2 as matching_events
 from finmesh.notification.v1 import events_pb2 as notification_events
+from finmesh.ops.v1 import deadletters_pb2 as ops_pb
 from finmesh.receivable.v1 import events_pb2 as receivable_events
 from finmesh.roadshow.v1 import events_pb2 as roadshow_events
 from finmesh.subsidy.v1 import events_pb2 as subsidy_events
@@ -328,6 +329,18 @@ LOAN_RENEWALS_DUE = TopicSpec(
     dead_letter=LOAN_RENEWALS_DUE_DLQ,
 )
 
+DEADLETTER_REPLAY_MARKS = TopicSpec(
+    name="ops.deadletter-replay-marks.v1",
+    message=ops_pb.ReplayMark,
+    key_field="mark_id",
+    owner="ops (`python -m meshkit.deadletters replay`)",
+    consumers=("ops",),
+    partitions=1,
+    compacted=True,
+    retention_ms=-1,
+    description="How far each dead-letter topic's partition has been replayed: the next offset to replay, latest "
+                "per partition (compacted), so a second replay puts nothing back twice however long after.",
+)
 REGISTRY: tuple[TopicSpec, ...] = (
     PORTAL_DEMANDS,
     PORTAL_DEMANDS_DLQ,
@@ -362,6 +375,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     SUBSIDY_GRANTS_CHANGED,
     LOAN_RENEWALS_DUE,
     LOAN_RENEWALS_DUE_DLQ,
+    DEADLETTER_REPLAY_MARKS,
 )
 
 _INSTITUTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")

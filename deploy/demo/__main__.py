@@ -15,7 +15,10 @@ from deploy.demo import dataset, runner
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.demo",
-                                     description="Load demo data into a running finmesh and watch leads flow.")
+                                     description="Load demo data into a running finmesh and watch leads flow. "
+                                                 "Registering its institutions and creating its fund are operators' "
+                                                 "calls: set OPERATOR_KEY to an operator's key (make run's is in "
+                                                 "its data folder's operator.key).")
     parser.add_argument("--rate", type=float, default=None,
                         help=f"demands per second (default $DEMO_RATE or {runner.DEFAULT_RATE:g})")
     parser.add_argument("--demand-addr", default=runner.DEFAULT_ADDRESSES["demand"])
@@ -27,14 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys-file", type=Path, default=runner.DEFAULT_KEYS_FILE,
                         help="where the demo institutions' API keys are kept between runs "
                              f"(default {runner.DEFAULT_KEYS_FILE})")
-    parser.add_argument("--operator-key", default=os.environ.get("OPERATOR_KEY", ""),
-                        help="an operator's key (default $OPERATOR_KEY; make run's is in its data folder's "
-                             "operator.key): registering institutions and creating the fund need one")
     args = parser.parse_args(argv)
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
     target = runner.Target(args.demand_addr, args.matcher_addr, args.bootstrap, Console(), keys_file=args.keys_file,
-                           operator_key=args.operator_key)
+                           operator_key=os.environ.get("OPERATOR_KEY", ""))
     try:
         asyncio.run(runner.run(target, rate=args.rate, seed=args.seed, duration=args.duration))
     except KeyboardInterrupt:

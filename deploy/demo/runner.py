@@ -109,7 +109,7 @@ class Target:
     console: Console = field(default_factory=Console)
     roadshow_addr: str = DEFAULT_ADDRESSES["roadshow"]
     keys_file: Path = DEFAULT_KEYS_FILE  # the demo institutions' API keys, kept for the next run
-    operator_key: str = ""  # an operator's key: registering institutions and creating the fund are operators' calls
+    operator_key: str = field(default="", repr=False)  # registering institutions, creating the fund
 
     @property
     def as_operator(self) -> tuple[tuple[str, str], ...]:

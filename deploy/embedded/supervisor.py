@@ -115,9 +115,10 @@ def operator_key(data_dir: Path) -> str:
     """The mesh's own operator key, kept in ``data_dir/operator.key`` (readable by its owner only),
     made on the first start."""
     path = data_dir / "operator.key"
-    if path.exists():
-        return path.read_text().strip()
+    if path.exists() and (kept := path.read_text().strip()):
+        return kept
     data_dir.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # an empty one (a crash while writing it): make another
     key = operators.new()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

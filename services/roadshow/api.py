@@ -29,7 +29,7 @@ class RoadshowApi(pb_grpc.RoadshowServiceServicer):
         return pb.CreateRoadshowResponse(roadshow=mapping.roadshow_to_pb(x), created=created)
 
     async def UpdateRoadshow(self, request: pb.UpdateRoadshowRequest, context: Ctx) -> pb.UpdateRoadshowResponse:
-        self.operators.authenticate(context, request.operator_id)
+        self.operators.authenticate(context, request.operator_id.strip())
         x = await self.roadshows.update(mapping.roadshow_from_pb(request.roadshow), list(request.update_mask.paths))
         return pb.UpdateRoadshowResponse(roadshow=mapping.roadshow_to_pb(x))
 
@@ -57,7 +57,7 @@ class RoadshowApi(pb_grpc.RoadshowServiceServicer):
 
     async def OverrideSelection(self, request: pb.OverrideSelectionRequest, context: Ctx
                                 ) -> pb.OverrideSelectionResponse:
-        operator_id = self.operators.authenticate(context, request.operator_id)
+        operator_id = self.operators.authenticate(context, request.operator_id.strip())
         a = await self.roadshows.override(request.roadshow_id, request.enterprise_uscc, request.selected,
                                           request.reason, operator_id)
         return pb.OverrideSelectionResponse(application=mapping.application_to_pb(a))

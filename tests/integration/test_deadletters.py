@@ -108,24 +108,21 @@ async def test_a_dead_letter_replayed_once_its_cause_is_fixed_is_handled_by_the_
         assert dead.refusal() is None
 
         rehearsal = await deadletters.replay(bootstrap, spec.dead_letter.name, dry_run=True)
-        assert [d.offset for d in rehearsal.replayed] == [dead.offset] and not rehearsal.mark_moved
-        assert await pending(bootstrap, spec) == 1
+        assert [d.offset for d in rehearsal.replayed] == [dead.offset]
+        assert await pending(bootstrap, spec) == 1  # a dry run records nothing
 
         fixed.set()  # the defect is mended
         done = await deadletters.replay(bootstrap, spec.dead_letter.name)
-        assert [d.offset for d in done.replayed] == [dead.offset] and done.mark_moved and not done.refused
+        assert [d.offset for d in done.replayed] == [dead.offset] and not done.refused
         await eventually(lambda: asyncio.sleep(0, sorted(handled)), lambda h: len(h) == 3, timeout=30)
         assert sorted(handled) == sorted(names)
         # The healthy group is delivered the replayed record too, and its inbox skips it.
         await eventually(lambda: asyncio.sleep(0, deliveries[f"{marker}-needs-fix"]), lambda n: n == 2, timeout=30)
         assert effects == Counter(names)  # once each: the replay changed nothing where it had been handled
-        origin = deadletters.parse_origin(dead.header(codec.DLQ_ORIGIN))
-        assert origin is not None
         assert await replayed_from(bootstrap, spec.name) == [f"{spec.dead_letter.name}/0@{dead.offset}"]
 
         again = await deadletters.replay(bootstrap, spec.dead_letter.name)
-        assert again.replayed == [] and again.mark_moved
-        assert await pending(bootstrap, spec) == 0
+        assert again.replayed == [] and await pending(bootstrap, spec) == 0
     finally:
         for c in consumers:
             await c.stop()
@@ -134,14 +131,19 @@ async def test_a_dead_letter_replayed_once_its_cause_is_fixed_is_handled_by_the_
         await pool.close()
 
 
-async def test_replay_refuses_what_it_cannot_put_back_and_a_chosen_replay_leaves_the_mark(bootstrap: str) -> None:
-    """A truncated record, or one whose origin is another topic, is refused; ``--consumer`` replays
-    only that group's records and leaves the rest for a later replay; the command says all this."""
+async def test_replay_sends_each_origin_record_back_once_refuses_what_it_cannot_and_remembers_choices(
+    bootstrap: str
+) -> None:
+    """``--consumer`` replays that group's records and the mark remembers them; a full replay then
+    sends the rest, one per origin record (two groups dead-lettered copies of one), and refuses a
+    truncated record, one from another topic and an unusable one, which ``--offset`` with
+    ``--unusable-too`` can still send; the command says all this."""
     marker = uuid.uuid4().hex[:8]
     spec = scratch(f"refuse-{marker}")
     await ensure_topics(bootstrap, [spec])
     producer = make_producer(bootstrap, "test")
     await producer.start()
+    kept_failing = (codec.DLQ_KIND, codec.KEPT_FAILING.encode())
     try:
         def dead_headers(event: str, consumer: str, origin: str, *extra: tuple[str, bytes]) -> list:
             return [*codec.make_headers(spec.event_type, "test", event), (codec.DLQ_REASON, b"failed"),
@@ -149,10 +151,12 @@ async def test_replay_refuses_what_it_cannot_put_back_and_a_chosen_replay_leaves
 
         dlt = spec.dead_letter.name
         for event, consumer, origin, extra in [
-            ("e-a", "matcher", f"{spec.name}/1@7", ()),
-            ("e-b", "notifier", f"{spec.name}/0@3", ()),
-            ("e-cut", "notifier", f"{spec.name}/0@4", ((deadletters.TRUNCATED, b"true"),)),
-            ("e-alien", "notifier", "some.other.topic/0@1", ()),
+            ("e-a", "matcher", f"{spec.name}/1@7", (kept_failing,)),
+            ("e-b", "notifier", f"{spec.name}/0@3", (kept_failing,)),
+            ("e-b", "roadshow", f"{spec.name}/0@3", (kept_failing,)),  # another group's copy of the same record
+            ("e-cut", "notifier", f"{spec.name}/0@4", (kept_failing, (deadletters.TRUNCATED, b"true"))),
+            ("e-alien", "notifier", "some.other.topic/0@1", (kept_failing,)),
+            ("e-bad", "notifier", f"{spec.name}/0@5", ((codec.DLQ_KIND, codec.UNUSABLE.encode()),)),
         ]:
             await producer.send_and_wait(dlt, value=accepted(event), key=event.encode(),
                                          headers=dead_headers(event, consumer, origin, *extra))
@@ -160,28 +164,35 @@ async def test_replay_refuses_what_it_cannot_put_back_and_a_chosen_replay_leaves
         await producer.stop()
 
     chosen = await deadletters.replay(bootstrap, dlt, consumer_group="matcher")
-    assert [d.header(codec.EVENT_ID) for d in chosen.replayed] == ["e-a"]
-    assert chosen.skipped == 3 and not chosen.mark_moved
-    assert [s.pending for s in await deadletters.spans(bootstrap, [dlt])] == [4]
+    assert [d.header(codec.EVENT_ID) for d in chosen.replayed] == ["e-a"] and chosen.skipped == 5
+    assert await pending(bootstrap, spec) == 5
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
-    run = subprocess.run([sys.executable, "-m", "meshkit.deadletters", "replay", dlt], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60)
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "meshkit.deadletters", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    run = command("replay", dlt)
     assert run.returncode == 0, run.stderr
     assert f"replayed {dlt}/0@1 -> {spec.name}/0@3 (e-b)" in run.stdout
-    assert f"refused {dlt}/0@2: its value was cut to fit the dead-letter topic" in run.stdout
-    assert f"refused {dlt}/0@3: its origin 'some.other.topic' is not the topic {dlt!r} belongs to" in run.stdout
-    assert "2 replayed, 2 refused, 0 not chosen; the replay mark moved past them" in run.stdout
-    assert sorted(await replayed_from(bootstrap, spec.name)) == [f"{dlt}/0@0", f"{dlt}/0@0", f"{dlt}/0@1"]
+    assert f"copy {dlt}/0@2: the same origin record goes back once" in run.stdout
+    assert f"refused {dlt}/0@3: its value was cut to fit the dead-letter topic" in run.stdout
+    assert f"refused {dlt}/0@4: its origin 'some.other.topic' is not the topic {dlt!r} belongs to" in run.stdout
+    assert f"refused {dlt}/0@5: the record itself was unusable" in run.stdout
+    assert "1 replayed, 1 copies, 3 refused, 0 not chosen; the replay mark moved past them" in run.stdout
+    assert sorted(await replayed_from(bootstrap, spec.name)) == [f"{dlt}/0@0", f"{dlt}/0@1"]  # e-a went back once
+    assert command("list", dlt).stdout.strip() == f"{dlt}: 6 kept, 0 not replayed"
 
-    listing = subprocess.run([sys.executable, "-m", "meshkit.deadletters", "list", dlt], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert listing.returncode == 0 and f"{dlt}: 4 kept, 0 not replayed" in listing.stdout, listing
-    shown = subprocess.run([sys.executable, "-m", "meshkit.deadletters", "show", dlt], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=60)
-    assert shown.returncode == 0 and "4 records" in shown.stdout, shown
-    for text in ("0@2", f"{spec.name}/0@4", "notifier", "e-cut", "its value was cut to fit", "failed"):
+    forced = command("replay", dlt, "--offset", "0@5", "--unusable-too")
+    assert forced.returncode == 0 and f"replayed {dlt}/0@5 -> {spec.name}/0@5 (e-bad)" in forced.stdout, forced
+    assert sorted(await replayed_from(bootstrap, spec.name)) == [f"{dlt}/0@0", f"{dlt}/0@1", f"{dlt}/0@5"]
+
+    shown = command("show", dlt)
+    assert shown.returncode == 0 and "6 records" in shown.stdout, shown
+    for text in ("0@3", f"{spec.name}/0@4", "notifier", "e-cut", "its value was cut to fit", "failed"):
         assert text in shown.stdout, (text, shown.stdout)
-    missing = subprocess.run([sys.executable, "-m", "meshkit.deadletters", "show", f"test.none-{marker}.dlq"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    missing = command("show", f"test.none-{marker}.dlq")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert command("list", f"test.none-{marker}.dlq", dlt).stdout.splitlines() == [
+        f"test.none-{marker}.dlq: does not exist", f"{dlt}: 6 kept, 0 not replayed"]

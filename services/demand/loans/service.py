@@ -15,10 +15,11 @@ from finmesh.lead.v1 import lead_pb2
 from finmesh.loan.v1 import events_pb2 as loan_events
 from meshkit import ids, inbox, outbox, topics
 from meshkit.clock import Clock
-from meshkit.errors import NotFound, PermissionDenied, require
+from meshkit.errors import NotFound, PermissionDenied, Unavailable, require
 from meshkit.lifecycle import drain, every
 from meshkit.pbtime import set_ts
 from services.demand import store as demand_store
+from services.demand.domain import LeadStatus
 from services.demand.loans import domain as ln
 from services.demand.loans import store
 from services.demand.subsidies import domain as sd
@@ -89,6 +90,11 @@ class Loans:
             if loan is not None and loan[0] != institution_id:
                 raise PermissionDenied(f"lead {lead_id} is not a lead of {institution_id}")
             grant, released = await self.subsidies.settle(conn, institution_id, lead_id, now)
+            if loan is None:  # booked meanwhile? the grant's lock waited for the transaction that books it
+                loan = await store.lender_locked(conn, lead_id)
+            if loan is None and await store.lead_lender(conn, lead_id, int(LeadStatus.DISBURSED)) == institution_id:
+                raise Unavailable(f"the loan of lead {lead_id} is disbursed but not in the loan book yet: retry in a "
+                                  "moment")
             if loan is None and grant is None:
                 raise NotFound(f"lead {lead_id!r} has no disbursed loan in the book and no subsidy")
             if loan is not None and loan[1] is None:

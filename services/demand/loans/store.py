@@ -40,6 +40,11 @@ async def lender_locked(conn: asyncpg.Connection, lead_id: str) -> tuple[str, da
     return None if row is None else (row["institution_id"], row["settled_at"])
 
 
+async def lead_lender(conn: asyncpg.Connection, lead_id: str, status: int) -> str | None:
+    """The institution of ``lead_id`` if the lead is in ``status``, else None."""
+    return await conn.fetchval("SELECT institution_id FROM leads WHERE lead_id = $1 AND status = $2", lead_id, status)
+
+
 async def mark_settled(conn: asyncpg.Connection, lead_id: str, at: datetime) -> None:
     await conn.execute("UPDATE loans SET settled_at = $2 WHERE lead_id = $1 AND settled_at IS NULL", lead_id, at)
 

@@ -251,6 +251,13 @@ async def test_a_disbursed_loan_is_kept_and_its_renewal_warned_of_once_30_days_b
     assert await read_topic(bootstrap, topics.LOAN_RENEWALS_DUE.name, lambda found: False,
                             lambda r: LoanRenewalDue.FromString(r.value).lead_id == late, timeout=3) == []
 
+    # A loan reported repaid while the loan book has not booked it yet (as if its consumer lagged):
+    # UNAVAILABLE, not NOT_FOUND, so the lender's system tries again.
+    await demand_rt.pool.execute("DELETE FROM loans WHERE lead_id = $1", late)
+    err = await rpc_error(subsidies.ReportLoanSettled(spb.ReportLoanSettledRequest(lead_id=late),
+                                                      metadata=key(bank_key)))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+
 
 def loans_at(rt: Runtime, at: datetime) -> Loans:
     """The loan book of the service under test, with its clock at ``at``."""
