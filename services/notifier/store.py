@@ -29,7 +29,7 @@ async def insert(conn: asyncpg.Connection, notes: list[Notification]) -> list[No
         " SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
         " $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::boolean[])"
         " ON CONFLICT (notification_id) DO NOTHING RETURNING notification_id",
-        [uuid.UUID(n.notification_id) for n in notes], [int(n.recipient_kind) for n in notes],
+        [n.notification_id for n in notes], [int(n.recipient_kind) for n in notes],
         [n.recipient_id for n in notes], [n.kind for n in notes], [n.title for n in notes], [n.body for n in notes],
         [n.title_zh for n in notes], [n.body_zh for n in notes], [n.demand_id for n in notes],
         [n.lead_id for n in notes], [n.created_at for n in notes], [n.read for n in notes],
